@@ -1,0 +1,3 @@
+from ocspd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,532 @@
+"""`ocspd`: the operator's command line (the revocation manager) and, later, the responder.
+
+Each command is one async function taking the parsed arguments and the loaded Config.
+Errors the operator can act on are OcspdError subclasses: printed as one line, exit 1.
+Usage errors print one line and exit 2. The database is changed in one transaction per
+command, so a refused command leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import asyncpg
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from tqdm import tqdm
+
+from ocspd import __version__
+from ocspd.certfiles import issued_by, parse_openssl_index, read_certificates, read_one_certificate
+from ocspd.config import ENV_OVERRIDES, Config, load_config
+from ocspd.errors import InvalidInput, OcspdError
+from ocspd.model import (
+    REVOCATION_REASONS,
+    CertRecord,
+    CertStatus,
+    Reason,
+    check_issuer_name,
+    format_serial,
+    parse_serial_hex,
+)
+from ocspd.signing.keys import KeyOpener, describe_keyref
+from ocspd.store import certificates, issuers
+from ocspd.store.certificates import Action, CertRow, StatusChange
+from ocspd.store.db import Role, connect, describe_error
+from ocspd.store.migrate import migrate
+
+Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
+
+# Clock skew tolerated on operator-given times before they count as "in the future".
+FUTURE_SKEW = dt.timedelta(minutes=5)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _iso_time(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-21T10:00:00Z)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _serial(text: str) -> int:
+    try:
+        return parse_serial_hex(text)
+    except InvalidInput as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _issuer_name(text: str) -> str:
+    try:
+        return check_issuer_name(text)
+    except InvalidInput as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _reason(text: str) -> Reason:
+    try:
+        reason = Reason.parse(text)
+    except InvalidInput as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if reason is Reason.certificateHold:
+        raise argparse.ArgumentTypeError("certificateHold is not a revocation: use `ocspd hold`")
+    if reason not in REVOCATION_REASONS:
+        raise argparse.ArgumentTypeError(f"{reason.name} cannot be given as a revocation reason")
+    return reason
+
+
+def _not_future(value: dt.datetime | None, flag: str, now: dt.datetime) -> None:
+    if value is not None and value > now + FUTURE_SKEW:
+        raise InvalidInput(f"{flag} {value:%Y-%m-%dT%H:%M:%SZ} is in the future")
+
+
+# --- db ----------------------------------------------------------------------------------
+
+
+async def cmd_db_migrate(args: argparse.Namespace, config: Config) -> int:
+    conn = await connect(config.require_database_url(), Role.OWNER)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    if applied:
+        for m in applied:
+            print(f"applied {m.version:04d}_{m.name}")
+    else:
+        print("the status database is up to date")
+    return 0
+
+
+# --- issuer ------------------------------------------------------------------------------
+
+
+async def cmd_issuer_add(args: argparse.Namespace, config: Config) -> int:
+    ca_cert = read_one_certificate(args.ca_cert, "--ca-cert")
+    _require_ca(ca_cert, args.ca_cert)
+    responder_cert = None
+    if args.responder_cert:
+        responder_cert = read_one_certificate(args.responder_cert, "--responder-cert")
+        _require_delegated_responder(responder_cert, ca_cert, args.responder_cert)
+    # CG2.3 / KM3.5: the key must open, match its certificate, and the certificate be valid now.
+    with KeyOpener(config.pkcs11) as keys:
+        signer = await keys.open(args.responder_key, responder_cert or ca_cert)
+        signer.close()
+    conn = await connect(config.require_database_url(), Role.OPERATOR)
+    try:
+        issuer = await issuers.add_issuer(
+            conn, args.name, ca_cert, responder_cert, args.responder_key
+        )
+    finally:
+        await conn.close()
+    who = "a delegated responder certificate" if issuer.delegated else "the CA key itself"
+    print(
+        f"added issuer {issuer.name}: {ca_cert.subject.rfc4514_string()}; responses signed by {who}"
+    )
+    return 0
+
+
+def _require_ca(cert: x509.Certificate, path: Path) -> None:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise InvalidInput(f"{path}: not a CA certificate (basicConstraints cA is not set)")
+
+
+def _require_delegated_responder(
+    cert: x509.Certificate, ca_cert: x509.Certificate, path: Path
+) -> None:
+    # RFC 6960 4.2.2.2: a delegated responder is issued directly by the CA and carries
+    # id-kp-OCSPSigning, or clients reject its responses.
+    if not issued_by(cert, ca_cert):
+        raise InvalidInput(f"{path}: not issued by the CA certificate given with --ca-cert")
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is None or ExtendedKeyUsageOID.OCSP_SIGNING not in usages:
+        raise InvalidInput(
+            f"{path}: the responder certificate lacks extended key usage id-kp-OCSPSigning"
+        )
+    try:
+        cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
+    except x509.ExtensionNotFound:
+        print(
+            f"warning: {path} has no id-pkix-ocsp-nocheck extension; clients may try to check "
+            "the responder certificate's own status",
+            file=sys.stderr,
+        )
+
+
+async def cmd_issuer_list(args: argparse.Namespace, config: Config) -> int:
+    conn = await connect(config.require_database_url(), Role.OPERATOR)
+    try:
+        found = await issuers.list_issuers(conn)
+    finally:
+        await conn.close()
+    if not found:
+        print(
+            "no issuers; add one with: ocspd issuer add NAME --ca-cert FILE --responder-key KEYREF"
+        )
+        return 0
+    rows = [("NAME", "SUBJECT", "VALID", "SIGNED BY", "KEY", "CERTS")]
+    for i in found:
+        rows.append(
+            (
+                i.name,
+                i.ca_cert.subject.rfc4514_string(),
+                issuers.validity_text(i.ca_cert),
+                "responder" if i.delegated else "CA",
+                describe_keyref(i.responder_key),
+                str(i.certificate_count),
+            )
+        )
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+# --- cert import -------------------------------------------------------------------------
+
+
+async def cmd_cert_import(args: argparse.Namespace, config: Config) -> int:
+    received_at = _now()
+    conn = await connect(config.require_database_url(), Role.OPERATOR)
+    try:
+        issuer = await issuers.get_issuer(conn, args.issuer)
+        if args.openssl_index:
+            rows = _rows_from_index(args.openssl_index)
+        else:
+            rows = _rows_from_files(args.files, issuer)
+        with _progress(len(rows), "storing") as bar:
+            result = await certificates.import_rows(conn, issuer, rows, received_at, bar.update)
+    finally:
+        await conn.close()
+    print(
+        f"{issuer.name}: {result.added} added, {result.status_changed} status changes applied, "
+        f"{result.unchanged} already present"
+    )
+    if result.kept:
+        print(
+            f"warning: {result.kept} certificates are revoked or held in the database but not in "
+            "the import; kept as they are (revocation is final, RM1.3)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _progress(total: int, what: str) -> tqdm:
+    # tqdm draws only on a terminal (disable=None), so scripts and logs stay clean.
+    return tqdm(total=total, desc=what, unit="cert", unit_scale=True, disable=None, file=sys.stderr)
+
+
+def _rows_from_files(files: Sequence[Path], issuer: issuers.Issuer) -> list[CertRow]:
+    loaded = [(path, cert) for path in files for cert in read_certificates(path)]
+    rows = []
+    with _progress(len(loaded), "checking") as bar:
+        for path, cert in loaded:
+            if not issued_by(cert, issuer.ca_cert):
+                raise InvalidInput(
+                    f"{path}: certificate {format_serial(cert.serial_number)} "
+                    f"({cert.subject.rfc4514_string()}) was not issued by {issuer.name}"
+                )
+            rows.append(
+                CertRow(
+                    serial=cert.serial_number,
+                    not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc,
+                )
+            )
+            bar.update()
+    return rows
+
+
+def _rows_from_index(path: Path) -> list[CertRow]:
+    return [
+        CertRow(
+            serial=e.serial,
+            not_after=e.not_after,
+            status=e.status,
+            revoked_at=e.revoked_at,
+            reason=e.reason,
+            invalidity_date=e.invalidity_date,
+        )
+        for e in parse_openssl_index(path)
+    ]
+
+
+# --- status changes ----------------------------------------------------------------------
+
+
+async def _change(args: argparse.Namespace, config: Config, change: StatusChange) -> int:
+    conn = await connect(config.require_database_url(), Role.OPERATOR)
+    try:
+        issuer = await issuers.get_issuer(conn, args.issuer)
+        record = await certificates.change_status(conn, issuer, args.serial, change)
+    finally:
+        await conn.close()
+    _print_record(record)
+    return 0
+
+
+async def cmd_revoke(args: argparse.Namespace, config: Config) -> int:
+    now = _now()
+    _not_future(args.revoked_at, "--revoked-at", now)
+    _not_future(args.invalidity_date, "--invalidity-date", now)
+    change = StatusChange(
+        Action.REVOKE,
+        received_at=now,
+        reason=args.reason,
+        revoked_at=args.revoked_at or now,
+        invalidity_date=args.invalidity_date,
+    )
+    return await _change(args, config, change)
+
+
+async def cmd_hold(args: argparse.Namespace, config: Config) -> int:
+    now = _now()
+    return await _change(args, config, StatusChange(Action.HOLD, received_at=now, revoked_at=now))
+
+
+async def cmd_release(args: argparse.Namespace, config: Config) -> int:
+    return await _change(args, config, StatusChange(Action.RELEASE, received_at=_now()))
+
+
+async def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    conn = await connect(config.require_database_url(), Role.OPERATOR)
+    try:
+        issuer = await issuers.get_issuer(conn, args.issuer)
+        record = await certificates.get_record(conn, issuer, args.serial)
+    finally:
+        await conn.close()
+    _print_record(record)
+    return 0
+
+
+def _print_record(record: CertRecord) -> None:
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    parts = [
+        f"issuer={record.issuer}",
+        f"serial={format_serial(record.serial)}",
+        f"status={record.status.value}",
+    ]
+    if record.status is not CertStatus.GOOD and record.revoked_at:
+        parts.append(f"revoked_at={record.revoked_at.astimezone(dt.UTC):{fmt}}")
+        if record.reason is not None:
+            parts.append(f"reason={record.reason.name}")
+    if record.invalidity_date:
+        parts.append(f"invalidity_date={record.invalidity_date.astimezone(dt.UTC):{fmt}}")
+    parts.append(f"not_after={record.not_after.astimezone(dt.UTC):{fmt}}")
+    print(" ".join(parts))
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env_help = "\n".join(f"  {var:<30} [{s}] {k}" for var, (s, k) in ENV_OVERRIDES.items())
+    parser = _Parser(
+        prog="ocspd",
+        description="OCSP responder and revocation manager for a certificate authority.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "The status database is a libpq DSN from OCSPD_DATABASE_URL or [database] url in the\n"
+            "config file (--config, OCSPD_CONFIG, or /etc/ocspd/ocspd.toml).\n"
+            "Environment overrides:\n" + env_help + "\n\n"
+            "Key references: file:/path/key.pem (mode 0600) or an RFC 7512 URI such as\n"
+            "  pkcs11:token=ca;object=ocsp-2026?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/ocspd/pin"
+        ),
+    )
+    parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    parser.add_argument("--version", action="version", version=f"ocspd {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, required=True
+    )
+
+    def add(
+        sub: argparse._SubParsersAction[_Parser],
+        name: str,
+        func: Command,
+        help: str,
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    db = commands.add_parser(
+        "db", help="status database administration", description="Status database administration."
+    )
+    db_cmds = db.add_subparsers(
+        dest="db_command", metavar="COMMAND", parser_class=_Parser, required=True
+    )
+    add(
+        db_cmds,
+        "migrate",
+        cmd_db_migrate,
+        "Create or upgrade the schema and roles (idempotent; run as the database owner).",
+    )
+
+    issuer = commands.add_parser(
+        "issuer",
+        help="CAs whose certificates this service answers for",
+        description="Manage issuers.",
+    )
+    issuer_cmds = issuer.add_subparsers(
+        dest="issuer_command", metavar="COMMAND", parser_class=_Parser, required=True
+    )
+    p = add(
+        issuer_cmds,
+        "add",
+        cmd_issuer_add,
+        "Register a CA and the key that signs its OCSP responses.",
+    )
+    p.add_argument(
+        "name",
+        type=_issuer_name,
+        metavar="NAME",
+        help="short name used by other commands, e.g. issuing-ca-2026",
+    )
+    p.add_argument(
+        "--ca-cert",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the CA certificate (PEM or DER)",
+    )
+    p.add_argument(
+        "--responder-cert",
+        type=Path,
+        metavar="FILE",
+        help="delegated responder certificate (id-kp-OCSPSigning); without it the CA signs its own responses",
+    )
+    p.add_argument(
+        "--responder-key",
+        required=True,
+        metavar="KEYREF",
+        help="the responder's key (the CA key without --responder-cert): file:/path or pkcs11: URI",
+    )
+    add(issuer_cmds, "list", cmd_issuer_list, "List registered issuers.")
+
+    cert = commands.add_parser(
+        "cert", help="certificates in the status database", description="Manage certificates."
+    )
+    cert_cmds = cert.add_subparsers(
+        dest="cert_command", metavar="COMMAND", parser_class=_Parser, required=True
+    )
+    p = add(
+        cert_cmds,
+        "import",
+        cmd_cert_import,
+        "Import issued certificates (PEM, DER or bundles), or an `openssl ca` index.txt with its "
+        "revocations. Idempotent: re-running adds only what is new.",
+    )
+    p.add_argument("--issuer", required=True, metavar="NAME")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "files", nargs="*", type=Path, default=[], metavar="FILE", help="certificate files"
+    )
+    source.add_argument(
+        "--openssl-index", type=Path, metavar="FILE", help="an openssl ca index.txt"
+    )
+
+    target = _Parser(add_help=False)
+    target.add_argument("--issuer", required=True, metavar="NAME")
+    target.add_argument(
+        "--serial", required=True, type=_serial, metavar="HEX", help="serial number in hex"
+    )
+
+    reasons = ", ".join(r.name for r in REVOCATION_REASONS)
+    p = commands.add_parser(
+        "revoke",
+        parents=[target],
+        help="revoke a certificate (final)",
+        description="Revoke a certificate. Revocation is final (RM1.3); use `ocspd hold` to suspend.",
+    )
+    p.set_defaults(func=cmd_revoke)
+    p.add_argument(
+        "--reason", required=True, type=_reason, metavar="REASON", help=f"one of: {reasons}"
+    )
+    p.add_argument(
+        "--revoked-at",
+        type=_iso_time,
+        metavar="ISO8601",
+        help="revocation time (default: now; UTC if no offset)",
+    )
+    p.add_argument(
+        "--invalidity-date",
+        type=_iso_time,
+        metavar="ISO8601",
+        help="when the key is known or suspected to have been compromised",
+    )
+    p = commands.add_parser(
+        "hold",
+        parents=[target],
+        help="suspend a certificate (certificateHold)",
+        description="Put a certificate on hold; `ocspd release` lifts it.",
+    )
+    p.set_defaults(func=cmd_hold)
+    p = commands.add_parser(
+        "release",
+        parents=[target],
+        help="release a certificate from hold",
+        description="Release a certificate from hold; it is good again.",
+    )
+    p.set_defaults(func=cmd_release)
+    p = commands.add_parser(
+        "status",
+        parents=[target],
+        help="show a certificate's status",
+        description="Show a certificate's status as the database holds it.",
+    )
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        result: int = asyncio.run(args.func(args, config))
+        return result
+    except OcspdError as e:
+        print(f"ocspd: error: {e}", file=sys.stderr)
+        return 1
+    except asyncpg.UndefinedTableError:
+        print(
+            "ocspd: error: the status database has no schema yet; run: ocspd db migrate",
+            file=sys.stderr,
+        )
+        return 1
+    except asyncpg.PostgresError as e:
+        hint = f" ({e.hint})" if getattr(e, "hint", None) else ""
+        print(
+            f"ocspd: error: the status database refused: {describe_error(e)}{hint}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130

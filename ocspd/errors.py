@@ -1,0 +1,33 @@
+"""The handful of domain exceptions.
+
+Inner layers raise these with context; only the edges (the CLI, later the HTTP handler) turn
+them into exit codes or OCSP statuses.
+"""
+
+
+class OcspdError(Exception):
+    """Base class: the message is meant for an operator and fits on one line."""
+
+
+class ConfigError(OcspdError):
+    """The configuration is invalid; the message names the field and the bound."""
+
+
+class NotFound(OcspdError):
+    """An issuer or certificate the caller named does not exist."""
+
+
+class InvalidInput(OcspdError):
+    """Input from an operator or a file that cannot be accepted as it is."""
+
+
+class StatusTransitionRefused(OcspdError):
+    """A status change the rules forbid (RM1.3: revoked never returns to good)."""
+
+
+class SigningKeyError(OcspdError):
+    """A signing key cannot be used: missing, mismatched, expired certificate, bad token."""
+
+
+class Unavailable(OcspdError):
+    """A dependency (database, token) cannot answer right now."""

@@ -1,0 +1,1 @@
+"""The PostgreSQL status database: connections, migrations and queries."""

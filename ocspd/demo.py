@@ -30,17 +30,17 @@ def _run(*args: str | Path) -> None:
 
 
 def _database_url() -> str:
-    url = os.environ.get("OCSPD_DATABASE_URL")
-    if url:
+    configured = os.environ.get("OCSPD_DATABASE_URL")
+    if configured:
         print("using the database in OCSPD_DATABASE_URL")
-        return url
-    import pgserver  # the embedded default; only the demo needs it
+        return configured
+    from pgserver.postgres_server import get_server  # the embedded default; only the demo needs it
 
     data = (DEMO_DIR / "pg").resolve()
     data.parent.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server keeps running after this process, for the commands the
     # walk-through in README.md runs next; `make demo-stop` stops it.
-    server = pgserver.get_server(data, cleanup_mode=None)
+    server = get_server(data, cleanup_mode=None)
     url: str = server.get_uri()
     print(f"embedded PostgreSQL 16 under {data}")
     return url

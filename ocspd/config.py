@@ -6,7 +6,10 @@ OCSPD_CONFIG, then defaults. Every field is documented in deploy/ocspd.example.t
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,12 +26,74 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "OCSPD_RESPONDER_DATABASE_URL": ("database", "responder_url"),
     "OCSPD_PKCS11_MODULE": ("pkcs11", "module"),
     "OCSPD_PKCS11_PIN_SOURCE": ("pkcs11", "pin_source"),
+    "OCSPD_LISTEN": ("responder", "listen"),
+    "OCSPD_ADMIN_LISTEN": ("responder", "admin_listen"),
+    "OCSPD_WORKERS": ("responder", "workers"),
+    "OCSPD_LOG_LEVEL": ("responder", "log_level"),
 }
 
 _KNOWN: Mapping[str, frozenset[str]] = {
     "database": frozenset({"url", "responder_url"}),
     "pkcs11": frozenset({"module", "pin_source"}),
+    "responder": frozenset(
+        {
+            "listen",
+            "admin_listen",
+            "workers",
+            "path",
+            "max_request_bytes",
+            "response_lifetime",
+            "refresh_after",
+            "max_cache_age",
+            "unknown_serials",
+            "nonce",
+            "max_signing",
+            "max_signing_waiters",
+            "cache_entries",
+            "feed_interval",
+            "drain_seconds",
+            "log_level",
+        }
+    ),
 }
+
+# pkio71: an OCSP response lives at most 10 calendar days, and the service is updated at
+# least every 4 days, so no served thisUpdate is older than that.
+MAX_RESPONSE_LIFETIME = dt.timedelta(days=10)
+MAX_REFRESH_AFTER = dt.timedelta(days=4)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: str | int | float, field_name: str) -> dt.timedelta:
+    """'500ms', '30s', '15m', '36h', '2d' or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return dt.timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"{field_name}: {value!r} is not a duration such as 30s, 15m, 36h or 2d")
+    return dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+def parse_listen(value: str, field_name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{field_name}: {value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class UnknownSerials(enum.Enum):
+    """What a serial gets that a served issuer never issued; never `good`."""
+
+    UNKNOWN = "unknown"
+    # RFC 6960 2.2 extended revoke: revoked, 1970-01-01, certificateHold.
+    REVOKED = "revoked"
+
+
+class NoncePolicy(enum.Enum):
+    ECHO = "echo"  # sign a fresh response that echoes the nonce (RFC 9654)
+    IGNORE = "ignore"  # serve the cached response without the nonce (RFC 5019)
 
 
 @dataclass(frozen=True)
@@ -50,9 +115,45 @@ class Pkcs11Config:
 
 
 @dataclass(frozen=True)
+class ResponderConfig:
+    # Where relying parties reach the responder (and /healthz, /readyz for load balancers).
+    listen: tuple[str, int] = ("0.0.0.0", 8080)
+    # Prometheus /metrics; keep it off public interfaces (N2).
+    admin_listen: tuple[str, int] = ("127.0.0.1", 9090)
+    # Worker processes sharing the port; 0 means one per CPU.
+    workers: int = 0
+    # URL prefix of OCSP requests: POST to it, GET with the base64 request appended.
+    path: str = "/"
+    # Requests larger than this are refused before parsing.
+    max_request_bytes: int = 10_000
+    # nextUpdate - thisUpdate. Longer lets caches and CDNs absorb more load; shorter makes a
+    # revocation reach clients that cache sooner. At most 10 days (pkio71).
+    response_lifetime: dt.timedelta = dt.timedelta(days=2)
+    # A cached or stored response older than this is signed again. At most 4 days (pkio71).
+    refresh_after: dt.timedelta = dt.timedelta(hours=12)
+    # Cap on Cache-Control max-age, so HTTP caches ask again well before nextUpdate.
+    max_cache_age: dt.timedelta = dt.timedelta(hours=1)
+    unknown_serials: UnknownSerials = UnknownSerials.UNKNOWN
+    nonce: NoncePolicy = NoncePolicy.ECHO
+    # Live signatures in flight per worker, and how many more may wait before tryLater.
+    max_signing: int = 32
+    max_signing_waiters: int = 256
+    # Signed responses kept in memory per worker.
+    cache_entries: int = 200_000
+    # How often each worker polls the change feed; bounds how long a revocation takes to
+    # reach clients (1 s budget).
+    feed_interval: dt.timedelta = dt.timedelta(milliseconds=200)
+    # After SIGTERM: /readyz says 503 for this long before the listener closes, so load
+    # balancers stop sending first.
+    drain_seconds: float = 2.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     pkcs11: Pkcs11Config = field(default_factory=Pkcs11Config)
+    responder: ResponderConfig = field(default_factory=ResponderConfig)
     source: str = "defaults"
 
     def require_database_url(self) -> str:
@@ -96,7 +197,77 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     return Config(
         database=DatabaseConfig(**_strings(data.get("database", {}), "database", source)),
         pkcs11=Pkcs11Config(**_strings(data.get("pkcs11", {}), "pkcs11", source)),
+        responder=_responder(data.get("responder", {}), source),
         source=source,
+    )
+
+
+def _int(values: dict[str, Any], key: str, default: int, low: int, source: str) -> int:
+    value = values.get(key, default)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: responder.{key} must be an integer, got {value!r}") from None
+    if number < low:
+        raise ConfigError(f"{source}: responder.{key} must be at least {low}, got {number}")
+    return number
+
+
+def _choice(values: dict[str, Any], key: str, kind: type[enum.Enum], default: enum.Enum, source: str) -> Any:
+    value = values.get(key, default.value)
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(str(m.value) for m in kind)
+        raise ConfigError(f"{source}: responder.{key} must be one of {allowed}, got {value!r}") from None
+
+
+def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
+    d = ResponderConfig()
+
+    def duration(key: str, default: dt.timedelta) -> dt.timedelta:
+        return parse_duration(values[key], f"{source}: responder.{key}") if key in values else default
+
+    lifetime = duration("response_lifetime", d.response_lifetime)
+    refresh = duration("refresh_after", d.refresh_after)
+    if lifetime > MAX_RESPONSE_LIFETIME:
+        raise ConfigError(
+            f"{source}: responder.response_lifetime is {lifetime}; at most 10 days are allowed (pkio71)"
+        )
+    if refresh > MAX_REFRESH_AFTER:
+        raise ConfigError(
+            f"{source}: responder.refresh_after is {refresh}; at most 4 days are allowed (pkio71)"
+        )
+    if not dt.timedelta(0) < refresh < lifetime:
+        raise ConfigError(
+            f"{source}: responder.refresh_after ({refresh}) must be positive and shorter than "
+            f"responder.response_lifetime ({lifetime})"
+        )
+    path = str(values.get("path", d.path))
+    if not path.startswith("/"):
+        raise ConfigError(f"{source}: responder.path must start with '/', got {path!r}")
+    level = str(values.get("log_level", d.log_level)).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{source}: responder.log_level must be debug, info, warning or error")
+    return ResponderConfig(
+        listen=parse_listen(str(values["listen"]), f"{source}: responder.listen") if "listen" in values else d.listen,
+        admin_listen=parse_listen(str(values["admin_listen"]), f"{source}: responder.admin_listen")
+        if "admin_listen" in values
+        else d.admin_listen,
+        workers=_int(values, "workers", d.workers, 0, source),
+        path=path if path.endswith("/") else path + "/",
+        max_request_bytes=_int(values, "max_request_bytes", d.max_request_bytes, 64, source),
+        response_lifetime=lifetime,
+        refresh_after=refresh,
+        max_cache_age=duration("max_cache_age", d.max_cache_age),
+        unknown_serials=_choice(values, "unknown_serials", UnknownSerials, d.unknown_serials, source),
+        nonce=_choice(values, "nonce", NoncePolicy, d.nonce, source),
+        max_signing=_int(values, "max_signing", d.max_signing, 1, source),
+        max_signing_waiters=_int(values, "max_signing_waiters", d.max_signing_waiters, 0, source),
+        cache_entries=_int(values, "cache_entries", d.cache_entries, 0, source),
+        feed_interval=duration("feed_interval", d.feed_interval),
+        drain_seconds=float(values.get("drain_seconds", d.drain_seconds)),
+        log_level=level,
     )
 
 

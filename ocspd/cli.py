@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from ocspd import __version__
 from ocspd.certfiles import issued_by, parse_openssl_index, read_certificates, read_one_certificate
-from ocspd.config import ENV_OVERRIDES, Config, load_config
+from ocspd.config import ENV_OVERRIDES, Config, load_config, parse_listen
 from ocspd.errors import InvalidInput, OcspdError
 from ocspd.model import (
     REVOCATION_REASONS,
@@ -344,6 +345,27 @@ def _print_record(record: CertRecord) -> None:
     print(" ".join(parts))
 
 
+# --- serve -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    """Runs outside asyncio.run: the supervisor manages its own loop and processes."""
+    from ocspd.serve import serve
+
+    responder = config.responder
+    if args.listen:
+        responder = dataclasses.replace(responder, listen=parse_listen(args.listen, "--listen"))
+    if args.admin_listen:
+        responder = dataclasses.replace(
+            responder, admin_listen=parse_listen(args.admin_listen, "--admin-listen")
+        )
+    if args.workers is not None:
+        responder = dataclasses.replace(responder, workers=args.workers)
+    if not config.database.responder_url:
+        config.require_database_url()
+    return serve(dataclasses.replace(config, responder=responder))
+
+
 # --- parser ------------------------------------------------------------------------------
 
 
@@ -503,7 +525,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show a certificate's status as the database holds it.",
     )
     p.set_defaults(func=cmd_status)
+
+    p = commands.add_parser(
+        "serve",
+        help="run the OCSP responder",
+        description="Serve OCSP (RFC 6960 / RFC 5019) over HTTP from the status database, with "
+        "/healthz and /readyz on the same listener and Prometheus /metrics on the admin listener. "
+        "Settings not given here come from [responder] in the config file.",
+    )
+    p.set_defaults(func=cmd_serve, sync=True)
+    p.add_argument("--listen", metavar="HOST:PORT", help="public listener (default 0.0.0.0:8080)")
+    p.add_argument(
+        "--admin-listen", metavar="HOST:PORT", help="metrics listener (default 127.0.0.1:9090)"
+    )
+    p.add_argument(
+        "--workers", type=_workers, metavar="N", help="worker processes (default: one per CPU)"
+    )
     return parser
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers between 1 and 256")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -511,6 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
+        if getattr(args, "sync", False):
+            code: int = args.func(args, config)
+            return code
         result: int = asyncio.run(args.func(args, config))
         return result
     except OcspdError as e:

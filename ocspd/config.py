@@ -213,20 +213,26 @@ def _int(values: dict[str, Any], key: str, default: int, low: int, source: str) 
     return number
 
 
-def _choice(values: dict[str, Any], key: str, kind: type[enum.Enum], default: enum.Enum, source: str) -> Any:
+def _choice(
+    values: dict[str, Any], key: str, kind: type[enum.Enum], default: enum.Enum, source: str
+) -> Any:
     value = values.get(key, default.value)
     try:
         return kind(value)
     except ValueError:
         allowed = ", ".join(str(m.value) for m in kind)
-        raise ConfigError(f"{source}: responder.{key} must be one of {allowed}, got {value!r}") from None
+        raise ConfigError(
+            f"{source}: responder.{key} must be one of {allowed}, got {value!r}"
+        ) from None
 
 
 def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
     d = ResponderConfig()
 
     def duration(key: str, default: dt.timedelta) -> dt.timedelta:
-        return parse_duration(values[key], f"{source}: responder.{key}") if key in values else default
+        return (
+            parse_duration(values[key], f"{source}: responder.{key}") if key in values else default
+        )
 
     lifetime = duration("response_lifetime", d.response_lifetime)
     refresh = duration("refresh_after", d.refresh_after)
@@ -250,7 +256,9 @@ def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{source}: responder.log_level must be debug, info, warning or error")
     return ResponderConfig(
-        listen=parse_listen(str(values["listen"]), f"{source}: responder.listen") if "listen" in values else d.listen,
+        listen=parse_listen(str(values["listen"]), f"{source}: responder.listen")
+        if "listen" in values
+        else d.listen,
         admin_listen=parse_listen(str(values["admin_listen"]), f"{source}: responder.admin_listen")
         if "admin_listen" in values
         else d.admin_listen,
@@ -260,7 +268,9 @@ def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
         response_lifetime=lifetime,
         refresh_after=refresh,
         max_cache_age=duration("max_cache_age", d.max_cache_age),
-        unknown_serials=_choice(values, "unknown_serials", UnknownSerials, d.unknown_serials, source),
+        unknown_serials=_choice(
+            values, "unknown_serials", UnknownSerials, d.unknown_serials, source
+        ),
         nonce=_choice(values, "nonce", NoncePolicy, d.nonce, source),
         max_signing=_int(values, "max_signing", d.max_signing, 1, source),
         max_signing_waiters=_int(values, "max_signing_waiters", d.max_signing_waiters, 0, source),

@@ -31,3 +31,11 @@ class SigningKeyError(OcspdError):
 
 class Unavailable(OcspdError):
     """A dependency (database, token) cannot answer right now."""
+
+
+class Unauthorized(OcspdError):
+    """A request about an issuer this responder does not serve (RFC 6960 `unauthorized`)."""
+
+
+class TryLater(Unavailable):
+    """Too much work in flight to take more now (RFC 6960 `tryLater`)."""

@@ -64,12 +64,12 @@ class Issuer:
         return self.responder_cert is not None
 
 
-_SELECT = """
+_COLUMNS = """
     SELECT i.id, i.name, i.ca_cert_der, i.responder_cert_der, i.responder_key,
-           i.name_sha1, i.key_sha1, i.name_sha256, i.key_sha256,
-           (SELECT count(*) FROM certificates c WHERE c.issuer_id = i.id) AS certificate_count
-    FROM issuers i
+           i.name_sha1, i.key_sha1, i.name_sha256, i.key_sha256
 """
+_COUNT = ", (SELECT count(*) FROM certificates c WHERE c.issuer_id = i.id) AS certificate_count"
+_SELECT = _COLUMNS + _COUNT + " FROM issuers i"
 
 
 def _from_row(row: asyncpg.Record) -> Issuer:
@@ -83,12 +83,14 @@ def _from_row(row: asyncpg.Record) -> Issuer:
         hashes=CertIdHashes(
             row["name_sha1"], row["key_sha1"], row["name_sha256"], row["key_sha256"]
         ),
-        certificate_count=row["certificate_count"],
+        certificate_count=row.get("certificate_count", 0),
     )
 
 
-async def list_issuers(conn: asyncpg.Connection) -> list[Issuer]:
-    return [_from_row(r) for r in await conn.fetch(_SELECT + " ORDER BY i.name")]
+async def list_issuers(conn: asyncpg.Connection, with_counts: bool = True) -> list[Issuer]:
+    """All issuers; counting certificates scans them, so the responder skips it."""
+    select = _SELECT if with_counts else _COLUMNS + " FROM issuers i"
+    return [_from_row(r) for r in await conn.fetch(select + " ORDER BY i.name")]
 
 
 async def get_issuer(conn: asyncpg.Connection, name: str) -> Issuer:

@@ -1,0 +1,101 @@
+"""In-process cache of signed responses, invalidated by the change feed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from ocspd.config import NoncePolicy
+from ocspd.metrics import ResponderMetrics
+from ocspd.protocol.request import OcspRequest
+from ocspd.sources.base import Response, Source
+from ocspd.sources.issuers import IssuerTable
+from ocspd.store.feed import Changed
+
+
+class CacheSource:
+    """Serves single-CertID requests from memory until the response is due for refresh.
+
+    A response never outlives the status it shows: `invalidate` (fed by the change feed)
+    drops it, and a response signed while an invalidation arrived is not kept, since it may
+    show the status from before.
+    """
+
+    def __init__(
+        self,
+        inner: Source,
+        issuers: IssuerTable,
+        clock: Callable[[], dt.datetime],
+        refresh_after: dt.timedelta,
+        max_entries: int,
+        nonce: NoncePolicy,
+        metrics: ResponderMetrics,
+    ) -> None:
+        self._inner = inner
+        self._issuers = issuers
+        self._clock = clock
+        self._refresh_after = refresh_after
+        self._max_entries = max_entries
+        self._nonce = nonce
+        self._metrics = metrics
+        self._entries: OrderedDict[bytes, tuple[Response, Changed]] = OrderedDict()
+        # (issuer_id, serial) -> CertID DERs cached for it (one per hash algorithm used).
+        self._keys: dict[Changed, set[bytes]] = {}
+        self._epoch = 0
+
+    async def response(self, request: OcspRequest) -> Response:
+        if len(request.cert_ids) != 1:
+            return await self._inner.response(request)
+        if request.nonce is not None:
+            if self._nonce is NoncePolicy.ECHO:
+                return await self._inner.response(request)
+            request = replace(request, nonce=None)  # RFC 5019: answer from cache, no nonce
+        key = request.cert_ids[0].der
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None:
+            cached = entry[0]
+            if now < cached.this_update + self._refresh_after and now < cached.next_update:
+                self._metrics.cache.labels("hit").inc()
+                return cached
+            self._metrics.cache.labels("stale").inc()
+        else:
+            self._metrics.cache.labels("miss").inc()
+        epoch = self._epoch
+        response = await self._inner.response(request)
+        if response.cacheable and epoch == self._epoch:
+            self._put(key, request, response)
+        return response
+
+    def _put(self, key: bytes, request: OcspRequest, response: Response) -> None:
+        if self._max_entries <= 0:
+            return
+        cert_id = request.cert_ids[0]
+        issuer = self._issuers.find(cert_id)
+        if issuer is None:
+            return
+        item = (issuer.id, cert_id.serial)
+        self._entries[key] = (response, item)
+        self._entries.move_to_end(key)
+        self._keys.setdefault(item, set()).add(key)
+        while len(self._entries) > self._max_entries:
+            old_key, (_, old_item) = self._entries.popitem(last=False)
+            keys = self._keys.get(old_item)
+            if keys is not None:
+                keys.discard(old_key)
+                if not keys:
+                    del self._keys[old_item]
+
+    def invalidate(self, changed: Sequence[Changed]) -> None:
+        self._epoch += 1
+        for item in changed:
+            for key in self._keys.pop(item, ()):
+                self._entries.pop(key, None)
+
+    def oldest_this_update(self) -> dt.datetime | None:
+        return min((r.this_update for r, _ in self._entries.values()), default=None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,191 @@
+"""The innermost Source: status from the database, signed now (or taken from the shared store).
+
+Signing is bounded: at most `max_signing` signatures in flight and `max_waiters` waiting;
+past that the answer is tryLater, never an unbounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+
+import asyncpg
+
+from ocspd.config import ResponderConfig, UnknownSerials
+from ocspd.errors import TryLater, Unavailable
+from ocspd.metrics import ResponderMetrics
+from ocspd.model import CertStatus, Reason
+from ocspd.protocol.request import CertId, OcspRequest
+from ocspd.protocol.response import AnswerStatus, SingleAnswer, build_response
+from ocspd.sources.base import Response
+from ocspd.sources.issuers import IssuerTable, ServedIssuer
+from ocspd.store.status import StatusRow, StatusStore, StoredResponse
+
+# Errors that mean "the database cannot answer now": the client gets tryLater.
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class SigningLimiter:
+    """A semaphore with a cap on waiters."""
+
+    def __init__(self, in_flight: int, waiters: int, metrics: ResponderMetrics) -> None:
+        self._semaphore = asyncio.Semaphore(in_flight)
+        self._max_waiters = waiters
+        self._waiting = 0
+        self._metrics = metrics
+
+    async def __aenter__(self) -> None:
+        if self._semaphore.locked():
+            if self._waiting >= self._max_waiters:
+                self._metrics.signing_refused.inc()
+                raise TryLater("too many signatures waiting")
+            self._waiting += 1
+            try:
+                await self._semaphore.acquire()
+            finally:
+                self._waiting -= 1
+        else:
+            await self._semaphore.acquire()
+        self._metrics.signing_in_flight.inc()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._metrics.signing_in_flight.dec()
+        self._semaphore.release()
+
+
+def _answer(
+    cert_id: CertId,
+    row: StatusRow | None,
+    unknown: UnknownSerials,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+) -> SingleAnswer:
+    if row is None:
+        if unknown is UnknownSerials.REVOKED:
+            return SingleAnswer.extended_revoked(cert_id, this_update, next_update)
+        return SingleAnswer(cert_id, AnswerStatus.UNKNOWN, None, None, this_update, next_update)
+    if row.status is CertStatus.GOOD:
+        return SingleAnswer(cert_id, AnswerStatus.GOOD, None, None, this_update, next_update)
+    # A hold is answered as revoked with certificateHold (RFC 6960 2.2).
+    reason = Reason.certificateHold if row.status is CertStatus.HOLD else row.reason
+    return SingleAnswer(
+        cert_id, AnswerStatus.REVOKED, row.revoked_at, reason, this_update, next_update
+    )
+
+
+class LiveSource:
+    def __init__(
+        self,
+        store: StatusStore,
+        issuers: IssuerTable,
+        config: ResponderConfig,
+        clock: Callable[[], dt.datetime],
+        metrics: ResponderMetrics,
+        log: logging.Logger,
+    ) -> None:
+        self._store = store
+        self._issuers = issuers
+        self._config = config
+        self._clock = clock
+        self._metrics = metrics
+        self._log = log
+        self._limiter = SigningLimiter(config.max_signing, config.max_signing_waiters, metrics)
+        self._background: set[asyncio.Task[None]] = set()
+        # Cleared when the store refuses writes (a read-only replica): responses are then
+        # kept in memory only.
+        self._store_writes = True
+
+    async def response(self, request: OcspRequest) -> Response:
+        issuer = self._issuers.find(request.cert_ids[0])
+        assert issuer is not None  # FilterSource has checked
+        now = self._clock()
+        try:
+            if len(request.cert_ids) == 1:
+                cert_id = request.cert_ids[0]
+                row, stored = await self._store.lookup_one(issuer.id, cert_id.serial, cert_id.der)
+                if stored is not None and request.nonce is None and self._fresh(stored, now):
+                    self._metrics.stored.labels("hit").inc()
+                    return Response(
+                        stored.der, stored.this_update, stored.next_update, (_status(row),)
+                    )
+                self._metrics.stored.labels("miss").inc()
+                rows = {cert_id.serial: row} if row else {}
+            else:
+                rows = await self._store.lookup_many(
+                    issuer.id, [c.serial for c in request.cert_ids]
+                )
+        except DB_ERRORS as e:
+            raise Unavailable(
+                f"status database: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from e
+        response = await self._sign(issuer, request, rows)
+        if len(request.cert_ids) == 1 and request.nonce is None and rows and self._store_writes:
+            self._store_later(
+                issuer, request.cert_ids[0], rows[request.cert_ids[0].serial], response
+            )
+        return response
+
+    def _fresh(self, stored: StoredResponse, now: dt.datetime) -> bool:
+        return now < stored.this_update + self._config.refresh_after and now < stored.next_update
+
+    async def _sign(
+        self, issuer: ServedIssuer, request: OcspRequest, rows: dict[int, StatusRow]
+    ) -> Response:
+        started = time.perf_counter()
+        async with self._limiter:
+            # RS2.3: producedAt is the signing time; thisUpdate the time the status was read.
+            now = self._clock().replace(microsecond=0)
+            next_update = now + self._config.response_lifetime
+            answers = [
+                _answer(c, rows.get(c.serial), self._config.unknown_serials, now, next_update)
+                for c in request.cert_ids
+            ]
+            der = await build_response(answers, issuer.identity, issuer.signer, now, request.nonce)
+        self._metrics.signing_latency.observe(time.perf_counter() - started)
+        return Response(
+            der, now, next_update, tuple(a.status for a in answers), cacheable=request.nonce is None
+        )
+
+    def _store_later(
+        self, issuer: ServedIssuer, cert_id: CertId, row: StatusRow, response: Response
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._store_one(issuer, cert_id, row, response)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _store_one(
+        self, issuer: ServedIssuer, cert_id: CertId, row: StatusRow, response: Response
+    ) -> None:
+        try:
+            await self._store.store(
+                cert_id.der,
+                issuer.id,
+                row,
+                StoredResponse(response.der, response.this_update, response.next_update),
+            )
+        except asyncpg.ReadOnlySQLTransactionError:
+            self._store_writes = False
+            self._log.info(
+                "status database is read-only (a replica): signed responses stay in memory"
+            )
+        except DB_ERRORS as e:
+            self._metrics.stored.labels("write_error").inc()
+            self._log.warning(
+                "could not store a signed response",
+                extra={"error": str(e).splitlines()[0] if str(e) else type(e).__name__},
+            )
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _status(row: StatusRow | None) -> AnswerStatus:
+    if row is None:
+        return AnswerStatus.UNKNOWN
+    return AnswerStatus.GOOD if row.status is CertStatus.GOOD else AnswerStatus.REVOKED

@@ -14,7 +14,15 @@ from cryptography import x509
 
 from ocspd.model import MAX_SERIAL_OCTETS
 from ocspd.protocol import der
-from ocspd.protocol.der import Element, children, expect, read_element
+from ocspd.protocol.der import (
+    SEQUENCE,
+    Element,
+    children,
+    context,
+    expect,
+    iter_elements,
+    read_element,
+)
 from ocspd.protocol.errors import MalformedRequest, UnsupportedHashAlgorithm
 from ocspd.store.issuers import subject_public_key_bits
 
@@ -55,8 +63,7 @@ class HashAlgorithm(enum.Enum):
 
     @property
     def digest_size(self) -> int:
-        size: int = _HASHLIB[self]().digest_size
-        return size
+        return _DIGEST_SIZES[self]
 
     @property
     def oid(self) -> bytes:
@@ -77,7 +84,9 @@ _OIDS: dict[HashAlgorithm, bytes] = {
     HashAlgorithm.SHA512: bytes.fromhex("608648016503040203"),
 }
 _BY_OID = {value: algorithm for algorithm, value in _OIDS.items()}
-_DIGEST_SIZES = {algorithm: algorithm.digest_size for algorithm in HashAlgorithm}
+_DIGEST_SIZES: dict[HashAlgorithm, int] = {
+    algorithm: _HASHLIB[algorithm]().digest_size for algorithm in HashAlgorithm
+}
 
 
 @dataclass(frozen=True)
@@ -138,38 +147,38 @@ class OcspRequest:
     der: bytes
 
 
-def parse_request(der_bytes: bytes, max_cert_ids: int = DEFAULT_MAX_CERT_IDS) -> OcspRequest:
+def parse_request(der: bytes, max_cert_ids: int = DEFAULT_MAX_CERT_IDS) -> OcspRequest:
     """Parse an OCSPRequest; raises MalformedRequest (or UnsupportedHashAlgorithm) and nothing
     else, whatever the input."""
-    data = der_bytes
-    top = expect(read_element(data, 0, len(data)), der.SEQUENCE, "OCSPRequest")
+    data = der  # (the parameter shadows the der module here)
+    top = expect(read_element(data, 0, len(data)), SEQUENCE, "OCSPRequest")
     if top.end != len(data):
         raise MalformedRequest("trailing data after the OCSPRequest")
     parts = children(data, top)
     # optionalSignature [0]: we require no signature (RFC 6960 4.1.2), so it is skipped unread.
-    if not 1 <= len(parts) <= 2 or (len(parts) == 2 and parts[1].tag != der.context(0)):
+    if not 1 <= len(parts) <= 2 or (len(parts) == 2 and parts[1].tag != context(0)):
         raise MalformedRequest("OCSPRequest must hold a TBSRequest and an optional signature")
-    tbs = children(data, expect(parts[0], der.SEQUENCE, "TBSRequest"))
+    tbs = children(data, expect(parts[0], SEQUENCE, "TBSRequest"))
 
     index = 0
-    if index < len(tbs) and tbs[index].tag == der.context(0):
+    if index < len(tbs) and tbs[index].tag == context(0):
         _check_version(data, tbs[index])
         index += 1
-    if index < len(tbs) and tbs[index].tag == der.context(1):
+    if index < len(tbs) and tbs[index].tag == context(1):
         index += 1  # requestorName: only meaningful with a signature, which we ignore
     if index == len(tbs):
         raise MalformedRequest("TBSRequest has no requestList")
-    request_list = expect(tbs[index], der.SEQUENCE, "requestList")
+    request_list = expect(tbs[index], SEQUENCE, "requestList")
     index += 1
     nonce = None
-    if index < len(tbs) and tbs[index].tag == der.context(2):
+    if index < len(tbs) and tbs[index].tag == context(2):
         nonce = _request_extensions(data, tbs[index])
         index += 1
     if index != len(tbs):
         raise MalformedRequest("unexpected field in TBSRequest")
 
     cert_ids: list[CertId] = []
-    for request in der.iter_elements(data, request_list.body, request_list.end):
+    for request in iter_elements(data, request_list.body, request_list.end):
         if len(cert_ids) == max_cert_ids:
             raise MalformedRequest(f"more than {max_cert_ids} CertIDs in one request")
         cert_ids.append(_request(data, request))
@@ -226,7 +235,7 @@ def _cert_id(data: bytes, element: Element) -> CertId:
     if algorithm is None:
         raise UnsupportedHashAlgorithm(f"unsupported CertID hash algorithm {der.dotted(oid)}")
 
-    size = _DIGEST_SIZES[algorithm]
+    size = algorithm.digest_size
     name_digest = data[expect(name_hash, der.OCTET_STRING, "issuerNameHash").body : name_hash.end]
     key_digest = data[expect(key_hash, der.OCTET_STRING, "issuerKeyHash").body : key_hash.end]
     if len(name_digest) != size or len(key_digest) != size:

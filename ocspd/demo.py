@@ -9,7 +9,6 @@ commands an operator uses, and says what it made. Re-running it reuses what is t
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -107,21 +106,24 @@ def main() -> int:
     _run("issuer", "list")
     for name in ("www", "old-www"):
         _run("status", "--issuer", ISSUER, "--serial", _serial(pki / f"leaves/{name}.pem"))
+    listen = os.environ.get("OCSPD_LISTEN", "127.0.0.1:8080")
+    url_base = f"http://{listen}/"
     print(
         f"""
-The status database is loaded. To work with it yourself:
-  export OCSPD_DATABASE_URL='{url}'
-  .venv/bin/ocspd status --issuer {ISSUER} --serial {_serial(pki / "leaves/api.pem")}
-  .venv/bin/ocspd hold --issuer {ISSUER} --serial {_serial(pki / "leaves/api.pem")}
+The status database is loaded. In another shell, ask the responder:
+  openssl ocsp -issuer {pki}/ca.pem -cert {pki}/leaves/www.pem -cert {pki}/leaves/old-www.pem \\
+      -url {url_base} -CAfile {pki}/chain.pem
+  curl -s {url_base}readyz; curl -s http://127.0.0.1:9090/metrics | grep ocspd_requests_total
+and change a status while it serves (it shows within a second):
+  OCSPD_DATABASE_URL='{url}' .venv/bin/ocspd revoke --issuer {ISSUER} \\
+      --serial {_serial(pki / "leaves/www.pem")} --reason superseded
 
-The OCSP responder (ocspd serve) and the CRL publisher (crlgen) are not in this release yet;
-the demo stops here. Once they are, it will serve {pki}/leaves over OCSP at
-http://127.0.0.1:8080/ and you will query it with:
-  openssl ocsp -issuer {pki}/ca.pem -cert {pki}/leaves/www.pem -url http://127.0.0.1:8080/ -CAfile {pki}/chain.pem
+The CRL publisher (crlgen) is not in this release yet.
+Starting the responder on {listen} (Ctrl-C stops it)...
 """,
-        file=sys.stdout,
+        flush=True,
     )
-    return 0
+    return cli.main(["serve", "--listen", listen, "--workers", "2"])
 
 
 if __name__ == "__main__":

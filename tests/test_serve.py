@@ -187,7 +187,7 @@ def _der_with_plus_and_slash(s: Served) -> bytes:
 
 
 @pytest.mark.parametrize("style", ["quoted", "raw", "plus-as-space", "double-slash"])
-def test_get_in_every_encoding(served: Served, style: str) -> None:
+def test_get_in_every_encoding(served: Served, style: str, tmp_path: Path) -> None:
     der = _der_with_plus_and_slash(served)
     status, headers, body = http_get(_get_url(served, der, style))
     assert status == 200
@@ -196,6 +196,15 @@ def test_get_in_every_encoding(served: Served, style: str) -> None:
     assert response.certificate_status == ocsp.OCSPCertStatus.GOOD
     # A nonce response is for one client: not cacheable.
     assert "no-cache" in headers["Cache-Control"]
+    # openssl ocsp only POSTs; it verifies what GET returned from a file.
+    path = tmp_path / "get.der"
+    path.write_bytes(body)
+    out = subprocess.run(
+        ["openssl", "ocsp", "-respin", str(path), "-issuer", str(served.pki.ca_cert),
+         "-CAfile", str(served.chain), "-cert", str(served.good), "-no_nonce"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "Response verify OK" in out.stdout + out.stderr and f"{served.good}: good" in out.stdout
 
 
 def test_get_caching_headers_and_304(served: Served) -> None:

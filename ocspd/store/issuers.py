@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
@@ -148,7 +147,3 @@ async def add_issuer(
 def validity_text(cert: x509.Certificate) -> str:
     fmt = "%Y-%m-%d"
     return f"{cert.not_valid_before_utc:{fmt}}..{cert.not_valid_after_utc:{fmt}}"
-
-
-def expired(cert: x509.Certificate, now: dt.datetime) -> bool:
-    return now > cert.not_valid_after_utc

@@ -43,12 +43,16 @@ async def _admin(sql: str) -> None:
 def _ocspd(url: str, *args: str) -> float:
     env = {**os.environ, "OCSPD_DATABASE_URL": url}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ocspd", *args], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "ocspd", *args], env=env, check=True, stdout=subprocess.DEVNULL
+    )
     return time.perf_counter() - start
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=100_000)
     args = parser.parse_args()
     n = args.count
@@ -84,10 +88,21 @@ def main() -> None:
         url = ADMIN.rsplit("/", 1)[0] + "/" + name
         try:
             _ocspd(url, "db", "migrate")
-            _ocspd(url, "issuer", "add", "bench", "--ca-cert", str(ca_pem), "--responder-key", f"file:{ca_key}")
+            _ocspd(
+                url,
+                "issuer",
+                "add",
+                "bench",
+                "--ca-cert",
+                str(ca_pem),
+                "--responder-key",
+                f"file:{ca_key}",
+            )
             first = _ocspd(url, "cert", "import", "--issuer", "bench", str(bundle))
             again = _ocspd(url, "cert", "import", "--issuer", "bench", str(bundle))
-            index = _ocspd(url, "cert", "import", "--issuer", "bench", "--openssl-index", str(d / "index.txt"))
+            index = _ocspd(
+                url, "cert", "import", "--issuer", "bench", "--openssl-index", str(d / "index.txt")
+            )
         finally:
             asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 

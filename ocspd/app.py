@@ -84,6 +84,7 @@ def build_app(
         app[FEED] = feed
         # Ready while the feed keeps up: without it a cached answer could outlive its status.
         app[READINESS].checks["database"] = lambda: feed.healthy(within=max(2.0, 10 * interval))
+        app[READINESS].checks["signer"] = lambda: not live.signer_failing
         handler = OcspHandler(source, config.responder, app[READINESS], metrics, log, clock)
         app.router.add_route("*", "/{tail:.*}", handler)
         tasks = [asyncio.create_task(feed.run()), asyncio.create_task(_gauges(app, clock))]
@@ -107,7 +108,7 @@ async def _create_pool(config: Config) -> asyncpg.Pool:
             await conn.execute(f"SET ROLE {Role.RESPONDER.value}")
 
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=8, init=as_responder, command_timeout=5
+        dsn, min_size=1, max_size=8, init=as_responder, command_timeout=5, timeout=3
     )
     return pool
 

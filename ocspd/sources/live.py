@@ -15,7 +15,7 @@ from collections.abc import Callable
 import asyncpg
 
 from ocspd.config import ResponderConfig, UnknownSerials
-from ocspd.errors import TryLater, Unavailable
+from ocspd.errors import SigningKeyError, TryLater, Unavailable
 from ocspd.metrics import ResponderMetrics
 from ocspd.model import CertStatus, Reason
 from ocspd.protocol.request import CertId, OcspRequest
@@ -97,6 +97,8 @@ class LiveSource:
         # Cleared when the store refuses writes (a read-only replica): responses are then
         # kept in memory only.
         self._store_writes = True
+        # Set when the last live signature failed; /readyz reports it.
+        self.signer_failing = False
 
     async def response(self, request: OcspRequest) -> Response:
         issuer = self._issuers.find(request.cert_ids[0])
@@ -143,7 +145,15 @@ class LiveSource:
                 _answer(c, rows.get(c.serial), self._config.unknown_serials, now, next_update)
                 for c in request.cert_ids
             ]
-            der = await build_response(answers, issuer.identity, issuer.signer, now, request.nonce)
+            try:
+                der = await build_response(
+                    answers, issuer.identity, issuer.signer, now, request.nonce
+                )
+            except SigningKeyError as e:
+                # A token that went away: tryLater for this client, not ready for the balancer.
+                self.signer_failing = True
+                raise Unavailable(f"signer for {issuer.name}: {e}") from e
+            self.signer_failing = False
         self._metrics.signing_latency.observe(time.perf_counter() - started)
         return Response(
             der, now, next_update, tuple(a.status for a in answers), cacheable=request.nonce is None

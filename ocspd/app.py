@@ -6,12 +6,14 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ocspd.config import Config
+from ocspd.crlfiles import CrlFiles
 from ocspd.http import OcspHandler, Readiness
 from ocspd.metrics import ResponderMetrics
 from ocspd.protocol.response import ResponderIdentity
@@ -85,7 +87,9 @@ def build_app(
         # Ready while the feed keeps up: without it a cached answer could outlive its status.
         app[READINESS].checks["database"] = lambda: feed.healthy(within=max(2.0, 10 * interval))
         app[READINESS].checks["signer"] = lambda: not live.signer_failing
-        handler = OcspHandler(source, config.responder, app[READINESS], metrics, log, clock)
+        # CRLs: max-age capped like OCSP responses, and never past nextUpdate.
+        crls = CrlFiles(Path(config.crl.directory), config.responder.max_cache_age, clock)
+        handler = OcspHandler(source, config.responder, crls, app[READINESS], metrics, log, clock)
         app.router.add_route("*", "/{tail:.*}", handler)
         tasks = [asyncio.create_task(feed.run()), asyncio.create_task(_gauges(app, clock))]
         yield

@@ -47,7 +47,7 @@ Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
 FUTURE_SKEW = dt.timedelta(minutes=5)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line, pointing at --help."""
 
     def error(self, message: str) -> NoReturn:
@@ -130,10 +130,17 @@ async def cmd_issuer_add(args: argparse.Namespace, config: Config) -> int:
     with KeyOpener(config.pkcs11) as keys:
         signer = await keys.open(args.responder_key, responder_cert or ca_cert)
         signer.close()
+        if args.ca_key:
+            if not responder_cert:
+                raise InvalidInput(
+                    "--ca-key is only for a delegated responder: --responder-key is the CA key"
+                )
+            signer = await keys.open(args.ca_key, ca_cert)
+            signer.close()
     conn = await connect(config.require_database_url(), Role.OPERATOR)
     try:
         issuer = await issuers.add_issuer(
-            conn, args.name, ca_cert, responder_cert, args.responder_key
+            conn, args.name, ca_cert, responder_cert, args.responder_key, args.ca_key
         )
     finally:
         await conn.close()
@@ -371,7 +378,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     env_help = "\n".join(f"  {var:<30} [{s}] {k}" for var, (s, k) in ENV_OVERRIDES.items())
-    parser = _Parser(
+    parser = OneLineParser(
         prog="ocspd",
         description="OCSP responder and revocation manager for a certificate authority.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -386,11 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
     parser.add_argument("--version", action="version", version=f"ocspd {__version__}")
     commands = parser.add_subparsers(
-        dest="command", metavar="COMMAND", parser_class=_Parser, required=True
+        dest="command", metavar="COMMAND", parser_class=OneLineParser, required=True
     )
 
     def add(
-        sub: argparse._SubParsersAction[_Parser],
+        sub: argparse._SubParsersAction[OneLineParser],
         name: str,
         func: Command,
         help: str,
@@ -403,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         "db", help="status database administration", description="Status database administration."
     )
     db_cmds = db.add_subparsers(
-        dest="db_command", metavar="COMMAND", parser_class=_Parser, required=True
+        dest="db_command", metavar="COMMAND", parser_class=OneLineParser, required=True
     )
     add(
         db_cmds,
@@ -418,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Manage issuers.",
     )
     issuer_cmds = issuer.add_subparsers(
-        dest="issuer_command", metavar="COMMAND", parser_class=_Parser, required=True
+        dest="issuer_command", metavar="COMMAND", parser_class=OneLineParser, required=True
     )
     p = add(
         issuer_cmds,
@@ -451,13 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEYREF",
         help="the responder's key (the CA key without --responder-cert): file:/path or pkcs11: URI",
     )
+    p.add_argument(
+        "--ca-key",
+        metavar="KEYREF",
+        help="the CA key, for crlgen to sign CRLs with (CG1.4); needed with --responder-cert",
+    )
     add(issuer_cmds, "list", cmd_issuer_list, "List registered issuers.")
 
     cert = commands.add_parser(
         "cert", help="certificates in the status database", description="Manage certificates."
     )
     cert_cmds = cert.add_subparsers(
-        dest="cert_command", metavar="COMMAND", parser_class=_Parser, required=True
+        dest="cert_command", metavar="COMMAND", parser_class=OneLineParser, required=True
     )
     p = add(
         cert_cmds,
@@ -475,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--openssl-index", type=Path, metavar="FILE", help="an openssl ca index.txt"
     )
 
-    target = _Parser(add_help=False)
+    target = OneLineParser(add_help=False)
     target.add_argument("--issuer", required=True, metavar="NAME")
     target.add_argument(
         "--serial", required=True, type=_serial, metavar="HEX", help="serial number in hex"

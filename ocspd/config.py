@@ -30,6 +30,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "OCSPD_ADMIN_LISTEN": ("responder", "admin_listen"),
     "OCSPD_WORKERS": ("responder", "workers"),
     "OCSPD_LOG_LEVEL": ("responder", "log_level"),
+    "OCSPD_CRL_DIR": ("crl", "directory"),
 }
 
 _KNOWN: Mapping[str, frozenset[str]] = {
@@ -55,12 +56,28 @@ _KNOWN: Mapping[str, frozenset[str]] = {
             "log_level",
         }
     ),
+    "crl": frozenset(
+        {
+            "directory",
+            "interval",
+            "next_update",
+            "revocation_delay",
+            "keep_expired",
+            "poll_interval",
+            "metrics_listen",
+        }
+    ),
 }
 
 # pkio71: an OCSP response lives at most 10 calendar days, and the service is updated at
 # least every 4 days, so no served thisUpdate is older than that.
 MAX_RESPONSE_LIFETIME = dt.timedelta(days=10)
 MAX_REFRESH_AFTER = dt.timedelta(days=4)
+# pkio65 / RM2.2a: a CRL at least every 7 days, nextUpdate at most 10 days after thisUpdate.
+MAX_CRL_INTERVAL = dt.timedelta(days=7)
+MAX_CRL_LIFETIME = dt.timedelta(days=10)
+# eIDAS art. 24.3: a revocation published within 24 hours.
+MAX_REVOCATION_DELAY = dt.timedelta(hours=24)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -150,10 +167,31 @@ class ResponderConfig:
 
 
 @dataclass(frozen=True)
+class CrlConfig:
+    # Where crlgen publishes DIR/NAME.crl and where ocspd serves /crl/NAME.crl from.
+    directory: str = "/var/lib/ocspd/crl"
+    # A full CRL per issuer at least this often. At most 7 days (pkio65, RM2.2a).
+    interval: dt.timedelta = dt.timedelta(hours=24)
+    # nextUpdate - thisUpdate. At most 10 days (pkio65); longer than `interval`, so a CRL
+    # never expires before its successor is due.
+    next_update: dt.timedelta = dt.timedelta(days=10)
+    # A revocation, hold or release is on a new CRL within this delay. At most 24 hours
+    # (eIDAS art. 24.3).
+    revocation_delay: dt.timedelta = dt.timedelta(minutes=5)
+    # Entries of certificates expired longer than this are left off; None keeps them all.
+    keep_expired: dt.timedelta | None = None
+    # How often `crlgen run` looks for work and for the leader lock. Takeover after the
+    # leader dies happens within about this long.
+    poll_interval: dt.timedelta = dt.timedelta(seconds=5)
+    metrics_listen: tuple[str, int] = ("127.0.0.1", 9091)
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     pkcs11: Pkcs11Config = field(default_factory=Pkcs11Config)
     responder: ResponderConfig = field(default_factory=ResponderConfig)
+    crl: CrlConfig = field(default_factory=CrlConfig)
     source: str = "defaults"
 
     def require_database_url(self) -> str:
@@ -198,7 +236,50 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         database=DatabaseConfig(**_strings(data.get("database", {}), "database", source)),
         pkcs11=Pkcs11Config(**_strings(data.get("pkcs11", {}), "pkcs11", source)),
         responder=_responder(data.get("responder", {}), source),
+        crl=_crl(data.get("crl", {}), source),
         source=source,
+    )
+
+
+def _crl(values: dict[str, Any], source: str) -> CrlConfig:
+    d = CrlConfig()
+
+    def duration(key: str, default: dt.timedelta) -> dt.timedelta:
+        return parse_duration(values[key], f"{source}: crl.{key}") if key in values else default
+
+    interval = duration("interval", d.interval)
+    lifetime = duration("next_update", d.next_update)
+    delay = duration("revocation_delay", d.revocation_delay)
+    if interval > MAX_CRL_INTERVAL:
+        raise ConfigError(
+            f"{source}: crl.interval is {interval}; at most 7 days are allowed (pkio65, RM2.2a)"
+        )
+    if lifetime > MAX_CRL_LIFETIME:
+        raise ConfigError(
+            f"{source}: crl.next_update is {lifetime}; at most 10 days are allowed (pkio65)"
+        )
+    if not dt.timedelta(0) < interval < lifetime:
+        raise ConfigError(
+            f"{source}: crl.interval ({interval}) must be positive and shorter than "
+            f"crl.next_update ({lifetime}), or a CRL expires before the next one is signed"
+        )
+    if delay > MAX_REVOCATION_DELAY:
+        raise ConfigError(
+            f"{source}: crl.revocation_delay is {delay}; at most 24 hours are allowed (eIDAS art. 24.3)"
+        )
+    keep = values.get("keep_expired", "")
+    return CrlConfig(
+        directory=str(values.get("directory", d.directory)),
+        interval=interval,
+        next_update=lifetime,
+        revocation_delay=delay,
+        keep_expired=parse_duration(keep, f"{source}: crl.keep_expired")
+        if keep not in ("", "forever")
+        else None,
+        poll_interval=duration("poll_interval", d.poll_interval),
+        metrics_listen=parse_listen(str(values["metrics_listen"]), f"{source}: crl.metrics_listen")
+        if "metrics_listen" in values
+        else d.metrics_listen,
     )
 
 

@@ -15,6 +15,7 @@ from email.utils import format_datetime
 from aiohttp import web
 
 from ocspd.config import ResponderConfig
+from ocspd.crlfiles import CrlFiles
 from ocspd.errors import Unauthorized, Unavailable
 from ocspd.metrics import ResponderMetrics
 from ocspd.protocol.request import MalformedRequest, decode_get_path, parse_request
@@ -47,12 +48,14 @@ class OcspHandler:
         self,
         source: Source,
         config: ResponderConfig,
+        crls: CrlFiles,
         readiness: Readiness,
         metrics: ResponderMetrics,
         log: logging.Logger,
         clock: Callable[[], dt.datetime],
     ) -> None:
         self._source = source
+        self._crls = crls
         self._prefix = config.path
         self._max_bytes = config.max_request_bytes
         self._max_age = int(config.max_cache_age.total_seconds())
@@ -70,6 +73,8 @@ class OcspHandler:
             if failing:
                 return web.Response(status=503, text="not ready: " + ", ".join(failing) + "\n")
             return web.Response(text="ready\n")
+        if path.startswith("/crl/"):
+            return self._crls(request, path.removeprefix("/crl/"))
         if not (path.startswith(self._prefix) or path + "/" == self._prefix):
             raise web.HTTPNotFound(text="not found\n")
         return await self._ocsp(request, path)

@@ -156,13 +156,13 @@ def test_a_plain_login_can_use_both_roles(pg_admin_url: str, empty_db_url: str) 
         run_sql(pg_admin_url, f"ALTER DATABASE {db} OWNER TO {login}")
         run_sql(empty_db_url, f"ALTER SCHEMA public OWNER TO {login}")
         # Roles are cluster-wide: a DBA creates them and grants them to the owner once.
-        for role in ("ocspd_responder", "ocspd_operator"):
+        for role in ("ocspd_responder", "ocspd_operator", "ocspd_publisher"):
             run_sql(
                 pg_admin_url,
                 f"DO $$ BEGIN CREATE ROLE {role} NOLOGIN; "
                 "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
             )
-        run_sql(pg_admin_url, f"GRANT ocspd_responder, ocspd_operator TO {login}")
+        run_sql(pg_admin_url, f"GRANT ocspd_responder, ocspd_operator, ocspd_publisher TO {login}")
         owner_url = empty_db_url.replace("postgres@", f"{login}@", 1)
 
         async def go() -> str:

@@ -16,6 +16,8 @@ class Role(enum.Enum):
     RESPONDER = "ocspd_responder"
     # The revocation manager: imports certificates and records status changes.
     OPERATOR = "ocspd_operator"
+    # crlgen: reads status, appends to the CRL archive.
+    PUBLISHER = "ocspd_publisher"
     # Whoever the DSN logs in as, unchanged: only `ocspd db migrate` needs this.
     OWNER = ""
 

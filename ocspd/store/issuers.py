@@ -52,6 +52,8 @@ class Issuer:
     responder_key: str
     hashes: CertIdHashes
     certificate_count: int = 0
+    # The CA key for CRLs (CG1.4); None when the CA signs its own responses with responder_key.
+    ca_key: str | None = None
 
     @property
     def signing_cert(self) -> x509.Certificate:
@@ -62,9 +64,14 @@ class Issuer:
     def delegated(self) -> bool:
         return self.responder_cert is not None
 
+    @property
+    def crl_key(self) -> str | None:
+        """The key that signs this issuer's CRLs, if one is configured."""
+        return self.ca_key or (None if self.delegated else self.responder_key)
+
 
 _COLUMNS = """
-    SELECT i.id, i.name, i.ca_cert_der, i.responder_cert_der, i.responder_key,
+    SELECT i.id, i.name, i.ca_cert_der, i.responder_cert_der, i.responder_key, i.ca_key,
            i.name_sha1, i.key_sha1, i.name_sha256, i.key_sha256
 """
 _COUNT = ", (SELECT count(*) FROM certificates c WHERE c.issuer_id = i.id) AS certificate_count"
@@ -83,6 +90,7 @@ def _from_row(row: asyncpg.Record) -> Issuer:
             row["name_sha1"], row["key_sha1"], row["name_sha256"], row["key_sha256"]
         ),
         certificate_count=row.get("certificate_count", 0),
+        ca_key=row["ca_key"],
     )
 
 
@@ -111,6 +119,7 @@ async def add_issuer(
     ca_cert: x509.Certificate,
     responder_cert: x509.Certificate | None,
     responder_key: str,
+    ca_key: str | None = None,
 ) -> Issuer:
     async with conn.transaction():
         if await conn.fetchval("SELECT 1 FROM issuers WHERE name = $1", name):
@@ -126,8 +135,8 @@ async def add_issuer(
         await conn.execute(
             """INSERT INTO issuers (name, ca_cert_der, subject_der, spki_der,
                    name_sha1, key_sha1, name_sha256, key_sha256, not_before, not_after,
-                   responder_cert_der, responder_key)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)""",
+                   responder_cert_der, responder_key, ca_key)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
             name,
             der,
             ca_cert.subject.public_bytes(),
@@ -140,6 +149,7 @@ async def add_issuer(
             ca_cert.not_valid_after_utc,
             responder_cert.public_bytes(serialization.Encoding.DER) if responder_cert else None,
             responder_key,
+            ca_key,
         )
     return await get_issuer(conn, name)
 

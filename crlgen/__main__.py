@@ -1,0 +1,3 @@
+from crlgen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Serving published CRLs at /crl/NAME.crl: read once per file version, with HTTP caching."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import format_datetime
+from pathlib import Path
+
+from aiohttp import web
+from cryptography import x509
+
+from ocspd.model import ISSUER_NAME
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    version: tuple[int, int, int]  # inode, size, mtime_ns: a new file after each atomic rename
+    der: bytes
+    etag: str
+    this_update: dt.datetime
+    next_update: dt.datetime | None
+
+
+class CrlFiles:
+    """Serves DIR/NAME.crl as written by crlgen. Names are checked against the issuer-name
+    pattern before touching the file system, so nothing outside DIR can be reached."""
+
+    def __init__(
+        self, directory: Path, max_age: dt.timedelta, clock: Callable[[], dt.datetime]
+    ) -> None:
+        self._directory = directory
+        self._max_age = int(max_age.total_seconds())
+        self._clock = clock
+        self._loaded: dict[str, _Loaded] = {}
+
+    def _load(self, name: str) -> _Loaded | None:
+        path = self._directory / f"{name}.crl"
+        try:
+            info = os.stat(path)
+        except OSError:
+            self._loaded.pop(name, None)
+            return None
+        version = (info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._loaded.get(name)
+        if cached is not None and cached.version == version:
+            return cached
+        der = path.read_bytes()
+        crl = x509.load_der_x509_crl(der)
+        loaded = _Loaded(
+            version,
+            der,
+            '"' + hashlib.sha256(der).hexdigest()[:32] + '"',
+            crl.last_update_utc,
+            crl.next_update_utc,
+        )
+        self._loaded[name] = loaded
+        return loaded
+
+    def __call__(self, request: web.Request, file_name: str) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+        name = file_name.removesuffix(".crl")
+        if not file_name.endswith(".crl") or not ISSUER_NAME.match(name):
+            raise web.HTTPNotFound(text="not found\n")
+        try:
+            loaded = self._load(name)
+        except (OSError, ValueError):
+            raise web.HTTPServiceUnavailable(text="CRL unreadable\n") from None
+        if loaded is None:
+            raise web.HTTPNotFound(text="not found\n")
+        remaining = self._max_age
+        if loaded.next_update is not None:
+            remaining = int((loaded.next_update - self._clock()).total_seconds())
+        headers = {
+            "Cache-Control": f"max-age={max(0, min(remaining, self._max_age))}, public, no-transform",
+            "Last-Modified": format_datetime(loaded.this_update, usegmt=True),
+            "ETag": loaded.etag,
+        }
+        if loaded.next_update is not None:
+            headers["Expires"] = format_datetime(loaded.next_update, usegmt=True)
+        if loaded.etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=loaded.der, content_type="application/pkix-crl", headers=headers)

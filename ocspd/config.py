@@ -267,6 +267,12 @@ def _crl(values: dict[str, Any], source: str) -> CrlConfig:
         raise ConfigError(
             f"{source}: crl.revocation_delay is {delay}; at most 24 hours are allowed (eIDAS art. 24.3)"
         )
+    poll = duration("poll_interval", d.poll_interval)
+    if not dt.timedelta(0) < poll < delay:
+        raise ConfigError(
+            f"{source}: crl.poll_interval ({poll}) must be positive and shorter than "
+            f"crl.revocation_delay ({delay}), or a revocation can miss its deadline"
+        )
     keep = values.get("keep_expired", "")
     return CrlConfig(
         directory=str(values.get("directory", d.directory)),
@@ -276,7 +282,7 @@ def _crl(values: dict[str, Any], source: str) -> CrlConfig:
         keep_expired=parse_duration(keep, f"{source}: crl.keep_expired")
         if keep not in ("", "forever")
         else None,
-        poll_interval=duration("poll_interval", d.poll_interval),
+        poll_interval=poll,
         metrics_listen=parse_listen(str(values["metrics_listen"]), f"{source}: crl.metrics_listen")
         if "metrics_listen" in values
         else d.metrics_listen,

@@ -9,6 +9,8 @@ commands an operator uses, and says what it made. Re-running it reuses what is t
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from cryptography import x509
@@ -83,6 +85,7 @@ def main() -> int:
             "issuer", "add", ISSUER, "--ca-cert", pki / "ca.pem",
             "--responder-cert", pki / "responder.pem",
             "--responder-key", f"file:{(pki / 'responder.key').resolve()}",
+            "--ca-key", f"file:{(pki / 'ca.key').resolve()}",
         )  # fmt: skip
         _run("cert", "import", "--issuer", ISSUER, *sorted((pki / "leaves").glob("*.pem")))
         _run(
@@ -108,22 +111,34 @@ def main() -> int:
         _run("status", "--issuer", ISSUER, "--serial", _serial(pki / f"leaves/{name}.pem"))
     listen = os.environ.get("OCSPD_LISTEN", "127.0.0.1:8080")
     url_base = f"http://{listen}/"
+    crl_dir = (DEMO_DIR / "crl").resolve()
+    config = DEMO_DIR / "ocspd.toml"
+    # A demo pace: CRLs re-signed 30 seconds after a change rather than the default 5 minutes.
+    config.write_text(
+        f'[crl]\ndirectory = "{crl_dir}"\nrevocation_delay = "30s"\npoll_interval = "2s"\n'
+    )
     print(
         f"""
 The status database is loaded. In another shell, ask the responder:
   openssl ocsp -issuer {pki}/ca.pem -cert {pki}/leaves/www.pem -cert {pki}/leaves/old-www.pem \\
       -url {url_base} -CAfile {pki}/chain.pem
+  curl -s {url_base}crl/{ISSUER}.crl | openssl crl -inform DER -noout -text | head -20
   curl -s {url_base}readyz; curl -s http://127.0.0.1:9090/metrics | grep ocspd_requests_total
-and change a status while it serves (it shows within a second):
+and change a status while it serves (OCSP shows it within a second, the CRL within 30 s):
   OCSPD_DATABASE_URL='{url}' .venv/bin/ocspd revoke --issuer {ISSUER} \\
       --serial {_serial(pki / "leaves/www.pem")} --reason superseded
 
-The CRL publisher (crlgen) is not in this release yet.
-Starting the responder on {listen} (Ctrl-C stops it)...
+Starting the CRL publisher (crlgen run, CRLs in {crl_dir}) and the responder on {listen};
+Ctrl-C stops both...
 """,
         flush=True,
     )
-    return cli.main(["serve", "--listen", listen, "--workers", "2"])
+    publisher = subprocess.Popen([sys.executable, "-m", "crlgen", "--config", str(config), "run"])
+    try:
+        return cli.main(["--config", str(config), "serve", "--listen", listen, "--workers", "2"])
+    finally:
+        publisher.terminate()
+        publisher.wait(30)
 
 
 if __name__ == "__main__":

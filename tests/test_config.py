@@ -66,6 +66,11 @@ def test_durations(text: str | int, expected: float) -> None:
         ("[nope]\nx = 1", "unknown section [nope]"),
         ("[database]\nurl = 5", "must be a string"),
         ("not toml at all [", "cannot read config file"),
+        ('[crl]\ninterval = "8d"', "at most 7 days are allowed (pkio65, RM2.2a)"),
+        ('[crl]\nnext_update = "11d"', "at most 10 days are allowed (pkio65)"),
+        ('[crl]\ninterval = "5d"\nnext_update = "4d"', "or a CRL expires before the next one"),
+        ('[crl]\nrevocation_delay = "25h"', "at most 24 hours are allowed (eIDAS art. 24.3)"),
+        ('[crl]\nrevocation_delay = "10s"\npoll_interval = "30s"', "can miss its deadline"),
     ],
 )
 def test_bad_settings_name_field_and_bound(tmp_path: Path, toml: str, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ class CacheSource:
         # (issuer_id, serial) -> CertID DERs cached for it (one per hash algorithm used).
         self._keys: dict[Changed, set[bytes]] = {}
         self._epoch = 0
+        self._pending: dict[bytes, asyncio.Future[Response]] = {}
 
     async def response(self, request: OcspRequest) -> Response:
         if len(request.cert_ids) != 1:
@@ -63,11 +65,27 @@ class CacheSource:
             self._metrics.cache.labels("stale").inc()
         else:
             self._metrics.cache.labels("miss").inc()
-        epoch = self._epoch
-        response = await self._inner.response(request)
-        if response.cacheable and epoch == self._epoch:
-            self._put(key, request, response)
-        return response
+        # One lookup per key at a time: concurrent requests for a key being fetched wait for
+        # that fetch instead of each reading the database and signing (a hot key at start-up
+        # or at refresh would otherwise queue dozens of signatures).
+        pending = self._pending.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            epoch = self._epoch
+            response = await self._inner.response(request)
+            if response.cacheable and epoch == self._epoch:
+                self._put(key, request, response)
+            future.set_result(response)
+            return response
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved here, so a fetch nobody waited on logs nothing
+            raise
+        finally:
+            del self._pending[key]
 
     def _put(self, key: bytes, request: OcspRequest, response: Response) -> None:
         if self._max_entries <= 0:

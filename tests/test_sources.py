@@ -1,0 +1,225 @@
+"""The Source layers alone, with a fake inner Source and a fake clock (no database)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ocspd import devpki
+from ocspd.config import NoncePolicy
+from ocspd.errors import TryLater, Unauthorized
+from ocspd.metrics import ResponderMetrics
+from ocspd.protocol.request import CertId, HashAlgorithm, OcspRequest
+from ocspd.protocol.response import AnswerStatus, ResponderIdentity
+from ocspd.signing.filekey import FileSigner
+from ocspd.sources.base import Response
+from ocspd.sources.cache import CacheSource
+from ocspd.sources.filter import FilterSource
+from ocspd.sources.issuers import IssuerTable, ServedIssuer
+from ocspd.sources.live import SigningLimiter
+from ocspd.store.issuers import CertIdHashes, Issuer
+
+START = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+class FakeSource:
+    """Answers every request with a new Response; counts calls; can be made slow."""
+
+    def __init__(self, clock: Clock, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.clock = clock
+        self.delay = delay
+
+    async def response(self, request: OcspRequest) -> Response:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        now = self.clock()
+        return Response(
+            f"response {self.calls}".encode(),
+            now,
+            now + dt.timedelta(days=2),
+            (AnswerStatus.GOOD,),
+            cacheable=request.nonce is None,
+        )
+
+
+def _served(issuer_id: int, name: str, ca: devpki.Issued) -> tuple[Issuer, ServedIssuer]:
+    issuer = Issuer(issuer_id, name, ca.cert, None, "file:/x", CertIdHashes.of(ca.cert))
+    signer = FileSigner(ca.key, Path("/x"))  # type: ignore[arg-type]
+    return issuer, ServedIssuer(
+        issuer_id, name, signer, ResponderIdentity.from_certificate(ca.cert), ca.cert
+    )
+
+
+@pytest.fixture(scope="module")
+def cas() -> tuple[devpki.Issued, devpki.Issued, devpki.Issued]:
+    return devpki.make_ca("CA one"), devpki.make_ca("CA two"), devpki.make_ca("Not served")
+
+
+@pytest.fixture
+def table(cas: tuple[devpki.Issued, devpki.Issued, devpki.Issued]) -> IssuerTable:
+    return IssuerTable([_served(1, "one", cas[0]), _served(2, "two", cas[1])])
+
+
+def _req(
+    ca: devpki.Issued,
+    *serials: int,
+    nonce: bytes | None = None,
+    alg: HashAlgorithm = HashAlgorithm.SHA1,
+) -> OcspRequest:
+    return OcspRequest(tuple(CertId.of(ca.cert, s, alg) for s in serials), nonce, b"")
+
+
+def _cache(inner: FakeSource, table: IssuerTable, clock: Clock, **kw: object) -> CacheSource:
+    options: dict[str, object] = {
+        "refresh_after": dt.timedelta(hours=12),
+        "max_entries": 100,
+        "nonce": NoncePolicy.ECHO,
+    }
+    options.update(kw)
+    return CacheSource(
+        inner, table, clock, options["refresh_after"], options["max_entries"], options["nonce"],  # type: ignore[arg-type]
+        ResponderMetrics(CollectorRegistry()),
+    )  # fmt: skip
+
+
+async def test_issuers_found_by_every_hash_algorithm(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    for alg in HashAlgorithm:
+        found = table.find(CertId.of(cas[1].cert, 5, alg))
+        assert found is not None and found.name == "two"
+    assert table.find(CertId.of(cas[2].cert, 5)) is None
+
+
+async def test_filter_refuses_unserved_and_mixed_issuers(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    inner = FakeSource(Clock())
+    source = FilterSource(inner, table)
+    with pytest.raises(Unauthorized):
+        await source.response(_req(cas[2], 1))
+    mixed = OcspRequest((CertId.of(cas[0].cert, 1), CertId.of(cas[1].cert, 2)), None, b"")
+    with pytest.raises(Unauthorized, match="different issuers"):
+        await source.response(mixed)
+    await source.response(_req(cas[0], 1, 2, 3))
+    assert inner.calls == 1
+
+
+async def test_cache_hits_until_refresh_is_due(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    clock = Clock()
+    inner = FakeSource(clock)
+    cache = _cache(inner, table, clock)
+    first = await cache.response(_req(cas[0], 7))
+    clock.now += dt.timedelta(hours=11)
+    assert await cache.response(_req(cas[0], 7)) is first
+    clock.now += dt.timedelta(hours=2)  # past refresh_after (pkio71: never older than 4 days)
+    refreshed = await cache.response(_req(cas[0], 7))
+    assert refreshed is not first and inner.calls == 2
+
+
+async def test_cache_key_is_the_whole_cert_id(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    clock = Clock()
+    inner = FakeSource(clock)
+    cache = _cache(inner, table, clock)
+    a = await cache.response(_req(cas[0], 7))
+    b = await cache.response(_req(cas[0], 7, alg=HashAlgorithm.SHA256))
+    c = await cache.response(_req(cas[1], 7))
+    assert len({a.der, b.der, c.der}) == 3  # RS1.4: no cross-wiring between hashes or issuers
+
+
+async def test_invalidation_drops_every_hash_variant(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    clock = Clock()
+    inner = FakeSource(clock)
+    cache = _cache(inner, table, clock)
+    for alg in (HashAlgorithm.SHA1, HashAlgorithm.SHA256):
+        await cache.response(_req(cas[0], 7, alg=alg))
+    await cache.response(_req(cas[0], 8))
+    cache.invalidate([(1, 7)])
+    assert len(cache) == 1
+    await cache.response(_req(cas[0], 7))
+    assert inner.calls == 4
+
+
+async def test_response_fetched_across_an_invalidation_is_not_kept(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    clock = Clock()
+    inner = FakeSource(clock, delay=0.05)
+    cache = _cache(inner, table, clock)
+    fetch = asyncio.create_task(cache.response(_req(cas[0], 9)))
+    await asyncio.sleep(0.01)
+    cache.invalidate([(1, 9)])  # the status changed while the old one was being signed
+    await fetch
+    assert len(cache) == 0
+
+
+async def test_concurrent_misses_fetch_once(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    clock = Clock()
+    inner = FakeSource(clock, delay=0.02)
+    cache = _cache(inner, table, clock)
+    answers = await asyncio.gather(*(cache.response(_req(cas[0], 11)) for _ in range(50)))
+    assert inner.calls == 1 and len({a.der for a in answers}) == 1
+
+
+async def test_nonce_policies(table: IssuerTable, cas: tuple[devpki.Issued, ...]) -> None:
+    clock = Clock()
+    inner = FakeSource(clock)
+    echo = _cache(inner, table, clock)
+    await echo.response(_req(cas[0], 12, nonce=b"\x04\x02ab"))
+    await echo.response(_req(cas[0], 12, nonce=b"\x04\x02ab"))
+    assert inner.calls == 2 and len(echo) == 0  # each nonce signed afresh, none cached
+    ignore = _cache(inner, table, clock, nonce=NoncePolicy.IGNORE)
+    a = await ignore.response(_req(cas[0], 12, nonce=b"\x04\x02ab"))
+    b = await ignore.response(_req(cas[0], 12, nonce=b"\x04\x02cd"))
+    assert a is b and inner.calls == 3
+
+
+async def test_cache_is_bounded(table: IssuerTable, cas: tuple[devpki.Issued, ...]) -> None:
+    clock = Clock()
+    cache = _cache(FakeSource(clock), table, clock, max_entries=10)
+    for serial in range(50):
+        await cache.response(_req(cas[0], serial + 1))
+    assert len(cache) == 10
+    assert len(cache._keys) == 10  # the reverse index shrinks with the entries
+
+
+async def test_signing_limiter_refuses_past_the_waiting_line() -> None:
+    limiter = SigningLimiter(1, 2, ResponderMetrics(CollectorRegistry()))
+    release = asyncio.Event()
+    outcomes: list[str] = []
+
+    async def sign() -> None:
+        try:
+            async with limiter:
+                await release.wait()
+            outcomes.append("signed")
+        except TryLater:
+            outcomes.append("tryLater")
+
+    tasks = [asyncio.create_task(sign()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert sorted(outcomes) == ["signed"] * 3 + ["tryLater"] * 2  # 1 in flight + 2 waiting

@@ -17,6 +17,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ocspd.model import MAX_SERIAL_OCTETS, Reason
 from ocspd.protocol import der
@@ -24,7 +25,6 @@ from ocspd.signing.base import SignatureAlgorithm, Signer
 
 # A CRL is a v2 CRL whenever it has extensions (5.1.2.1): Version v2 is INTEGER 1.
 _VERSION_V2 = der.tlv(der.INTEGER, b"\x01")
-UTC_TIME = 0x17
 _CRL_EXTENSIONS_TAG = der.context(0)  # crlExtensions [0] EXPLICIT Extensions
 
 # Two decimal digits for 0..99: formatting a time by table lookup is several times faster than
@@ -133,9 +133,10 @@ def _key_identifier(ca_cert: x509.Certificate) -> bytes:
 def certificate_subject_der(cert: x509.Certificate) -> bytes:
     """The subject Name exactly as encoded in the certificate (not re-encoded), which is what
     relying parties compare a CRL's issuer with."""
-    tbs = cert.tbs_certificate_bytes
-    top = der.read_element(tbs, 0, len(tbs))
-    fields = der.iter_elements(tbs, top.body, top.end)
+    encoded = cert.public_bytes(serialization.Encoding.DER)  # the certificate as it was read
+    outer = der.read_element(encoded, 0, len(encoded))
+    tbs = der.read_element(encoded, outer.body, outer.end)
+    fields = der.iter_elements(encoded, tbs.body, tbs.end)
     first = next(fields)
     # TBSCertificate: version [0] (present for v3), serialNumber, signature, issuer, validity,
     # subject. Without the version, `first` was the serial number.
@@ -144,7 +145,7 @@ def certificate_subject_der(cert: x509.Certificate) -> bytes:
     subject = next(fields)
     if subject.tag != der.SEQUENCE:
         raise ValueError("certificate subject is not a SEQUENCE")
-    return tbs[subject.start : subject.end]
+    return encoded[subject.start : subject.end]
 
 
 class CrlEncoder:

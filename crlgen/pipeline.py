@@ -68,7 +68,10 @@ async def sign_issuer(
             encoder.add(batch)
             progress(len(batch))
         tbs = encoder.tbs(number, this_update, next_update)
+        entries = encoder.count
+        del encoder  # a million entries are ~40 MB per copy: keep only what is still needed
         der = await sign_crl(tbs, signer.algorithm, signer)
+        del tbs
         info = verify_crl(
             der,
             issuer.ca_cert,
@@ -82,7 +85,7 @@ async def sign_issuer(
             number,
             this_update,
             next_update,
-            encoder.count,
+            entries,
             info.sha256,
             der,
             snapshot,

@@ -112,9 +112,20 @@ async def _create_pool(config: Config) -> asyncpg.Pool:
             await conn.execute(f"SET ROLE {Role.RESPONDER.value}")
 
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=8, init=as_responder, command_timeout=5, timeout=3
+        dsn,
+        min_size=1,
+        max_size=8,
+        init=as_responder,
+        reset=_keep_session,
+        command_timeout=5,
+        timeout=3,
     )
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The responder leaves no session state behind (no LISTEN, locks or settings besides the
+    role), so the reset asyncpg runs on every release, a round trip per request, is skipped."""
 
 
 async def _load_issuers(

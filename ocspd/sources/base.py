@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from email.utils import format_datetime
+from functools import cached_property
 from typing import Protocol
 
 from ocspd.protocol.request import OcspRequest
@@ -22,11 +24,21 @@ class Response:
     statuses: tuple[AnswerStatus, ...]
     # False for responses that echo a nonce: they are for one client only.
     cacheable: bool = True
-    etag: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        # Computed once per signed response, not per request served.
-        object.__setattr__(self, "etag", '"' + hashlib.sha256(self.der).hexdigest()[:32] + '"')
+    # Computed on first use and kept with the response, so a cached response costs no hashing
+    # or date formatting per request served.
+    @cached_property
+    def etag(self) -> str:
+        return '"' + hashlib.sha256(self.der).hexdigest()[:32] + '"'
+
+    @cached_property
+    def cache_headers(self) -> dict[str, str]:
+        """RFC 5019 6.2 headers except Cache-Control, whose max-age depends on the time."""
+        return {
+            "Last-Modified": format_datetime(self.this_update.astimezone(dt.UTC), usegmt=True),
+            "Expires": format_datetime(self.next_update.astimezone(dt.UTC), usegmt=True),
+            "ETag": self.etag,
+        }
 
 
 class Source(Protocol):

@@ -40,7 +40,9 @@ class CacheSource:
         self._refresh_after = refresh_after
         self._max_entries = max_entries
         self._nonce = nonce
-        self._metrics = metrics
+        self._hit = metrics.cache.labels("hit")
+        self._stale = metrics.cache.labels("stale")
+        self._miss = metrics.cache.labels("miss")
         self._entries: OrderedDict[bytes, tuple[Response, Changed]] = OrderedDict()
         # (issuer_id, serial) -> CertID DERs cached for it (one per hash algorithm used).
         self._keys: dict[Changed, set[bytes]] = {}
@@ -60,11 +62,11 @@ class CacheSource:
         if entry is not None:
             cached = entry[0]
             if now < cached.this_update + self._refresh_after and now < cached.next_update:
-                self._metrics.cache.labels("hit").inc()
+                self._hit.inc()
                 return cached
-            self._metrics.cache.labels("stale").inc()
+            self._stale.inc()
         else:
-            self._metrics.cache.labels("miss").inc()
+            self._miss.inc()
         # One lookup per key at a time: concurrent requests for a key being fetched wait for
         # that fetch instead of each reading the database and signing (a hot key at start-up
         # or at refresh would otherwise queue dozens of signatures).

@@ -319,7 +319,7 @@ def _run_config(tmp_path: Path, crl_dir: Path, **extra: str) -> Path:
         f'directory = "{crl_dir}"',
         'poll_interval = "0.3s"',
         'revocation_delay = "3s"',
-        f'metrics_listen = "127.0.0.1:{free_port()}"',
+        f'metrics_listen = "127.0.0.1:{extra.pop("metrics_port", free_port())}"',
     ]
     lines += [f'{k} = "{v}"' for k, v in extra.items()]
     path.write_text("\n".join(lines) + "\n")
@@ -357,7 +357,10 @@ def test_run_signs_soon_after_a_revocation_and_fails_over(
     ocspd: Cli, pki: Pki, ca: str, tmp_path: Path
 ) -> None:
     dirs = [tmp_path / "a", tmp_path / "b"]
-    configs = [_run_config(tmp_path, d) for d in dirs]
+    ports = [free_port(), free_port()]
+    configs = [
+        _run_config(tmp_path, d, metrics_port=str(p)) for d, p in zip(dirs, ports, strict=True)
+    ]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [_start_run(ocspd.url, c, log) for c, log in zip(configs, logs, strict=True)]
     try:
@@ -377,6 +380,12 @@ def test_run_signs_soon_after_a_revocation_and_fails_over(
             p for p, log in zip(procs, logs, strict=True) if "is the leader" in log.read_text()
         ]
         assert len(leader) == 1
+        scraped = [http_get(f"http://127.0.0.1:{port}/metrics")[2].decode() for port in ports]
+        assert sorted(text.count("ocspd_crl_leader 1.0") for text in scraped) == [0, 1]
+        for text in scraped:  # every instance reports the latest CRL
+            assert 'ocspd_crl_entries{issuer="ca"} 1.0' in text
+            assert 'ocspd_crl_next_update_seconds{issuer="ca"}' in text
+            assert 'ocspd_crl_last_signed_timestamp_seconds{issuer="ca"}' in text
         leader[0].send_signal(signal.SIGKILL)
         leader[0].wait(10)
         survivor_dir = dirs[procs.index(next(p for p in procs if p is not leader[0]))]

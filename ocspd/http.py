@@ -63,7 +63,6 @@ class OcspHandler:
         self._max_bytes = config.max_request_bytes
         self._max_age = int(config.max_cache_age.total_seconds())
         self._readiness = readiness
-        self._metrics = metrics
         self._log = log
         self._clock = clock
         # Label children resolved once: labels() per request showed up in profiles.

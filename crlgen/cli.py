@@ -10,7 +10,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import asyncpg
 from tqdm import tqdm
 
 from crlgen import store
@@ -19,14 +18,14 @@ from crlgen.pipeline import sign_issuer
 from crlgen.scheduler import Scheduler
 from crlgen.verify import CrlInfo, crl_info
 from ocspd import __version__
-from ocspd.cli import OneLineParser
+from ocspd.cli import OneLineParser, run_reporting
 from ocspd.config import Config, load_config
 from ocspd.errors import OcspdError, SigningKeyError
 from ocspd.logs import setup_logging
 from ocspd.model import format_serial
 from ocspd.signing.keys import KeyOpener
 from ocspd.store import issuers as issuer_store
-from ocspd.store.db import Role, connect, describe_error
+from ocspd.store.db import Role, connect
 
 
 def _now() -> dt.datetime:
@@ -158,24 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-        code: int = asyncio.run(args.func(args, config))
+
+    def command() -> int:
+        code: int = asyncio.run(args.func(args, load_config(args.config)))
         return code
-    except OcspdError as e:
-        print(f"crlgen: error: {e}", file=sys.stderr)
-        return 1
-    except asyncpg.UndefinedTableError:
-        print(
-            "crlgen: error: the status database has no schema yet; run: ocspd db migrate",
-            file=sys.stderr,
-        )
-        return 1
-    except asyncpg.PostgresError as e:
-        print(f"crlgen: error: the status database refused: {describe_error(e)}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"crlgen: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+
+    return run_reporting("crlgen", command)

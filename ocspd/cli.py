@@ -562,30 +562,34 @@ def _workers(text: str) -> int:
     return int(text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_reporting(prog: str, command: Callable[[], int]) -> int:
+    """Run a command, turning the errors an operator can act on into one line and exit 1."""
     try:
+        return command()
+    except OcspdError as e:
+        message = str(e)
+    except asyncpg.UndefinedTableError:
+        message = "the status database has no schema yet; run: ocspd db migrate"
+    except asyncpg.PostgresError as e:
+        hint = f" ({e.hint})" if getattr(e, "hint", None) else ""
+        message = f"the status database refused: {describe_error(e)}{hint}"
+    except OSError as e:
+        message = str(e)
+    except KeyboardInterrupt:
+        return 130
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def command() -> int:
         config = load_config(args.config)
         if getattr(args, "sync", False):
             code: int = args.func(args, config)
             return code
         result: int = asyncio.run(args.func(args, config))
         return result
-    except OcspdError as e:
-        print(f"ocspd: error: {e}", file=sys.stderr)
-        return 1
-    except asyncpg.UndefinedTableError:
-        print(
-            "ocspd: error: the status database has no schema yet; run: ocspd db migrate",
-            file=sys.stderr,
-        )
-        return 1
-    except asyncpg.PostgresError as e:
-        hint = f" ({e.hint})" if getattr(e, "hint", None) else ""
-        print(
-            f"ocspd: error: the status database refused: {describe_error(e)}{hint}", file=sys.stderr
-        )
-        return 1
-    except KeyboardInterrupt:
-        return 130
+
+    return run_reporting("ocspd", command)

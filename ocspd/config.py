@@ -245,7 +245,7 @@ def _crl(values: dict[str, Any], source: str) -> CrlConfig:
     d = CrlConfig()
 
     def duration(key: str, default: dt.timedelta) -> dt.timedelta:
-        return parse_duration(values[key], f"{source}: crl.{key}") if key in values else default
+        return _duration(values, "crl", key, default, source)
 
     interval = duration("interval", d.interval)
     lifetime = duration("next_update", d.next_update)
@@ -289,6 +289,14 @@ def _crl(values: dict[str, Any], source: str) -> CrlConfig:
     )
 
 
+def _duration(
+    values: dict[str, Any], section: str, key: str, default: dt.timedelta, source: str
+) -> dt.timedelta:
+    if key not in values:
+        return default
+    return parse_duration(values[key], f"{source}: {section}.{key}")
+
+
 def _int(values: dict[str, Any], key: str, default: int, low: int, source: str) -> int:
     value = values.get(key, default)
     try:
@@ -317,9 +325,7 @@ def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
     d = ResponderConfig()
 
     def duration(key: str, default: dt.timedelta) -> dt.timedelta:
-        return (
-            parse_duration(values[key], f"{source}: responder.{key}") if key in values else default
-        )
+        return _duration(values, "responder", key, default, source)
 
     lifetime = duration("response_lifetime", d.response_lifetime)
     refresh = duration("refresh_after", d.refresh_after)

@@ -264,3 +264,30 @@ def test_one_log_line_per_request_at_debug_none_at_info(
         assert len(requests) == expected, lines
         for entry in requests:
             assert entry["outcome"] == "successful" and entry["method"] == "POST" and "ms" in entry
+
+
+def test_responder_with_a_login_of_its_own(
+    ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path, pg_admin_url: str
+) -> None:
+    """Production: the responder logs in as its own user, a member of ocspd_responder only."""
+    from conftest import run_sql
+
+    cert = _leaf(ocspd, pki, "own-login")
+    login = "ocspd_test_responder_login"
+    run_sql(pg_admin_url, f"DROP ROLE IF EXISTS {login}")
+    run_sql(pg_admin_url, f"CREATE ROLE {login} LOGIN IN ROLE ocspd_responder")
+    try:
+        own_url = ocspd.url.replace("postgres@", f"{login}@", 1)
+        responder = start_responder(
+            "", tmp_path, workers=1, extra_env={"OCSPD_RESPONDER_DATABASE_URL": own_url}
+        )
+        try:
+            body = http_post(responder.url, _request(pki, cert))[2]
+        finally:
+            responder.stop()
+        assert ocsp.load_der_ocsp_response(body).certificate_status == ocsp.OCSPCertStatus.GOOD
+        # The signature was stored for the fleet through that login.
+        assert ocspd.sql("SELECT count(*) AS n FROM ocsp_responses")[0]["n"] == 1
+    finally:
+        run_sql(pg_admin_url, f"DROP OWNED BY {login}")
+        run_sql(pg_admin_url, f"DROP ROLE IF EXISTS {login}")

@@ -22,18 +22,27 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            if record.levelno >= logging.ERROR:
+                entry["exception"] = self.formatException(record.exc_info)
+            else:
+                # Warnings (a library retrying a connection, say) get the cause in one line,
+                # not a stack trace per retry.
+                error = record.exc_info[1]
+                entry["error"] = f"{type(error).__name__}: {error}".splitlines()[0]
         return json.dumps(entry, default=str)
 
 
 def setup_logging(level: str) -> logging.Logger:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("ocspd")
+    ours = logging.getLogger("ocspd")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level.upper())
+    ours.propagate = False
+    # Libraries (asyncpg, aiohttp) log through the root logger: the same JSON lines, warnings
+    # and up. aiohttp's access log would add a line per request; ours is at debug.
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-    # aiohttp's own access log would add a line per request at info level; ours is at debug.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    return root
+    root.setLevel(logging.WARNING)
+    return ours

@@ -1,8 +1,9 @@
 """Responder throughput: `ocspd serve` against `openssl ocsp` and an aiohttp ceiling, with wrk.
 
-    /tmp/venvtest/bin/python bench/ocsp_bench.py          # full: 3 rounds of 15 s runs, ~8 min
-    /tmp/venvtest/bin/python bench/ocsp_bench.py --quick  # 1 round of 5 s runs, ~1.5 min
-    (--duration S, --connections N, --rounds N, --no-profile, --no-results, --keep: see --help)
+    /tmp/venvtest/bin/python bench/ocsp_bench.py          # full: 3 rounds of 15 s runs, ~10 min
+    /tmp/venvtest/bin/python bench/ocsp_bench.py --quick  # 1 round of 5 s runs, ~2 min
+    (--duration S, --connections N, --rounds N, --no-profile, --no-hsm, --no-results, --keep:
+    see --help)
 
 In one session, on one machine:
   1. a throwaway PKI: an issuing CA with a delegated responder (P-256 key in a file) and N
@@ -12,7 +13,10 @@ In one session, on one machine:
   2. `ocspd serve --workers 2` ([responder] nonce = "echo"), loaded by wrk (-t2, 64
      connections) with (a) cached GET: rotating base64 GET URLs of good certificates,
      (b) cached POST: rotating DER bodies, (c) live POST: every request carries a nonce, so
-     every response is signed (bodies from a file of pre-generated requests);
+     every response is signed (bodies from a file of pre-generated requests), and (d) the same
+     live load for a second issuing CA whose delegated responder's P-256 key was imported into
+     a fresh SoftHSM2 token (a pkcs11: URI; SOFTHSM2_CONF set for `ocspd serve`): ocspd only,
+     compared with openssl's run of (c);
   3. the peer: `openssl ocsp -index index.txt -multi 2` on the same PKI with the same loads
      (it signs every response whatever the request), restarted for every run;
   4. the ceiling: bench/ceiling_app.py, aiohttp on uvloop with the same number of worker
@@ -24,7 +28,8 @@ bench/RESULTS.md under "## Responder throughput (ocspd serve)", between generate
 
 Uses OCSPD_TEST_DATABASE_URL or postgresql://postgres@127.0.0.1:5432/postgres, in a database
 of its own that it drops at the end. Needs wrk and openssl on PATH; py-spy (optional) for the
-profile of one ocspd worker.
+profile of one ocspd worker; softhsm2-util and libsofthsm2.so (apt-get install softhsm2) for
+the SoftHSM run, which is left out, and the report says so, without them.
 """
 
 from __future__ import annotations
@@ -75,7 +80,23 @@ END = "<!-- ocsp_bench.py: generated, end -->"
 REVOKED_EVERY = 20  # 5 %
 NONCE_BYTES = 32  # RFC 8954 recommends 32
 SIZE_TOLERANCE = 0.03  # mean response size may differ this much from the checked one
-TARGETS = {"ratio_openssl": 2.5, "ratio_ceiling": 0.8, "p99_ms": 10.0, "ratio_live": 1.0}
+TARGETS = {
+    "ratio_openssl": 2.5,
+    "ratio_ceiling": 0.8,
+    "p99_ms": 10.0,
+    "ratio_live": 1.0,
+    "ratio_live_hsm": 0.5,
+}
+SOFTHSM_MODULES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+HSM_TOKEN = "ocspd-bench"
+HSM_LABEL = "bench-responder"
+HSM_PIN = "1234"
+HSM_SO_PIN = "12345678"
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -214,6 +235,7 @@ def http_exchange(
 @dataclass
 class Pki:
     dir: Path
+    root: devpki.Issued
     ca: devpki.Issued
     responder: devpki.Issued
     good: list[x509.Certificate]
@@ -247,6 +269,7 @@ def make_pki(directory: Path, count: int) -> Pki:
                 f.write(f"V\t{expiry}\t\t{cert.serial_number:X}\tunknown\t{dn}\n")
     return Pki(
         dir=directory,
+        root=root,
         ca=ca,
         responder=responder,
         good=good,
@@ -256,6 +279,93 @@ def make_pki(directory: Path, count: int) -> Pki:
         responder_key=devpki.write_key(directory / "responder.key", responder.key),
         bundle=devpki.write_cert(directory / "bundle.pem", *leaves),
         index=index,
+    )
+
+
+@dataclass
+class HsmIssuer:
+    """A second issuing CA (same root) whose delegated responder has its P-256 key in a fresh
+    SoftHSM2 token. Its own CA, because ocspd takes each CA once."""
+
+    ca: devpki.Issued
+    responder: devpki.Issued
+    good: list[x509.Certificate]
+    ca_pem: Path
+    responder_pem: Path
+    bundle: Path
+    conf: Path  # SOFTHSM2_CONF, for every process that opens the key
+    key_uri: str  # RFC 7512, with module-path and pin-source
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SOFTHSM2_CONF": str(self.conf)}
+
+
+def softhsm_module() -> str | None:
+    if shutil.which("softhsm2-util") is None:
+        return None
+    return next((m for m in SOFTHSM_MODULES if os.path.isfile(m)), None)
+
+
+def _pkcs11_text(value: str) -> str:
+    """Percent-encode a pkcs11: URI path attribute value (RFC 7512 section 2.3)."""
+    return quote(value, safe="-._~!$'()*+,=:@")
+
+
+def make_hsm_issuer(directory: Path, root: devpki.Issued, count: int, module: str) -> HsmIssuer:
+    """The CA, its responder and `count` good leaves; the responder's key is imported into a
+    token of a SoftHSM2 directory of its own and removed from disk."""
+    hsm_dir = directory / "softhsm"
+    (hsm_dir / "tokens").mkdir(parents=True)
+    conf = hsm_dir / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {hsm_dir / 'tokens'}\n"
+        "objectstore.backend = file\n"
+        "log.level = ERROR\n"
+    )
+    pin_file = hsm_dir / "pin"
+    pin_file.touch(mode=0o600)
+    pin_file.write_text(HSM_PIN + "\n")
+    ca = devpki.make_ca("Bench HSM Issuing CA", issuer=root)
+    responder = devpki.make_responder("Bench HSM Issuing CA OCSP", ca, key=devpki.new_key("p256"))
+    env = {**os.environ, "SOFTHSM2_CONF": str(conf)}
+
+    def softhsm2_util(*args: str | Path) -> None:
+        done = subprocess.run(
+            ["softhsm2-util", *map(str, args)], env=env, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"softhsm2-util {args[0]} failed ({done.returncode}): {done.stdout} {done.stderr}"
+            )
+
+    softhsm2_util(
+        "--init-token", "--free", "--label", HSM_TOKEN, "--pin", HSM_PIN, "--so-pin", HSM_SO_PIN
+    )
+    key_pem = devpki.write_key(hsm_dir / "import.pem", responder.key)  # PKCS#8, 0600
+    try:
+        # Stores the private and the public key object (ocspd needs both).
+        softhsm2_util(
+            "--import", key_pem, "--token", HSM_TOKEN, "--label", HSM_LABEL, "--id", "0001",
+            "--pin", HSM_PIN,
+        )  # fmt: skip
+    finally:
+        key_pem.unlink()
+    key_uri = (
+        f"pkcs11:token={_pkcs11_text(HSM_TOKEN)};object={_pkcs11_text(HSM_LABEL)}"
+        f"?module-path={module}&pin-source=file:{pin_file}"
+    )
+    leaf_key = devpki.new_key()
+    good = [devpki.make_leaf(f"h{i}.hsm.bench.example", ca, leaf_key) for i in range(count)]
+    return HsmIssuer(
+        ca=ca,
+        responder=responder,
+        good=good,
+        ca_pem=devpki.write_cert(directory / "hsm-ca.pem", ca.cert),
+        responder_pem=devpki.write_cert(directory / "hsm-responder.pem", responder.cert),
+        bundle=devpki.write_cert(directory / "hsm-bundle.pem", *good),
+        conf=conf,
+        key_uri=key_uri,
     )
 
 
@@ -299,32 +409,65 @@ class Scenario:
     record_count: int
     method: str
     nonce: bool
+    ca: x509.Certificate  # the issuer its requests name
+    responder: x509.Certificate  # what must have signed the answers
+    good: tuple[x509.Certificate, ...]  # certificates a sample may ask about
+    targets: tuple[str, ...]  # the servers it runs against, in this order
 
-    def sample(self, pki: Pki) -> Sample:
-        cert = secrets.choice(pki.good)
+    def sample(self) -> Sample:
+        cert = secrets.choice(self.good)
         nonce = secrets.token_bytes(NONCE_BYTES) if self.nonce else None
-        der = ocsp_request(cert, pki.ca.cert, nonce)
+        der = ocsp_request(cert, self.ca, nonce)
         if self.method == "GET":
             return Sample("GET", get_path(der), b"", cert, None)
         return Sample("POST", "/", der, cert, nonce)
 
 
-def make_scenarios(pki: Pki, directory: Path, nonces: int) -> list[Scenario]:
+def nonce_requests(
+    good: Sequence[x509.Certificate], ca: x509.Certificate, count: int
+) -> list[bytes]:
+    return [
+        ocsp_request(good[i % len(good)], ca, secrets.token_bytes(NONCE_BYTES))
+        for i in range(count)
+    ]
+
+
+def make_scenarios(pki: Pki, hsm: HsmIssuer | None, directory: Path, nonces: int) -> list[Scenario]:
     plain = [ocsp_request(c, pki.ca.cert, None) for c in pki.good]
     get_file = write_records(directory / "get-paths.bin", [get_path(d).encode() for d in plain])
     post_file = write_records(directory / "post-bodies.bin", plain)
-    with_nonce = [
-        ocsp_request(pki.good[i % len(pki.good)], pki.ca.cert, secrets.token_bytes(NONCE_BYTES))
-        for i in range(nonces)
-    ]
-    nonce_file = write_records(directory / "nonce-bodies.bin", with_nonce)
-    return [
-        Scenario("get", "cached GET", LUA_DIR / "get.lua", get_file, len(plain), "GET", False),
-        Scenario("post", "cached POST", LUA_DIR / "post.lua", post_file, len(plain), "POST", False),
+    nonce_file = write_records(
+        directory / "nonce-bodies.bin", nonce_requests(pki.good, pki.ca.cert, nonces)
+    )
+    file_key = (pki.ca.cert, pki.responder.cert, tuple(pki.good))
+    post = LUA_DIR / "post.lua"
+    cached = ("ceiling", "ocspd", "openssl")
+    scenarios = [
         Scenario(
-            "nonce", "live POST + nonce", LUA_DIR / "post.lua", nonce_file, nonces, "POST", True
+            "get", "cached GET", LUA_DIR / "get.lua", get_file, len(plain), "GET", False,
+            *file_key, cached,
         ),
-    ]
+        Scenario(
+            "post", "cached POST", post, post_file, len(plain), "POST", False, *file_key, cached
+        ),
+        Scenario(
+            "nonce", "live POST + nonce", post, nonce_file, nonces, "POST", True, *file_key,
+            ("ocspd", "openssl"),
+        ),
+    ]  # fmt: skip
+    if hsm is not None:
+        # ocspd only: the target compares it with openssl's run of "nonce" (the same load,
+        # openssl signing with the file key), so the peer runs once per round for both.
+        hsm_file = write_records(
+            directory / "nonce-hsm-bodies.bin", nonce_requests(hsm.good, hsm.ca.cert, nonces)
+        )
+        scenarios.append(
+            Scenario(
+                "nonce-hsm", "live POST + nonce, SoftHSM", post, hsm_file, nonces, "POST", True,
+                hsm.ca.cert, hsm.responder.cert, tuple(hsm.good), ("ocspd",),
+            )
+        )  # fmt: skip
+    return scenarios
 
 
 class CheckFailed(Exception):
@@ -475,12 +618,14 @@ def wait_for(
     raise RuntimeError(f"{what} did not start within 60 s:\n{log.read_text()[-3000:]}")
 
 
-def start_ocspd(procs: Processes, db_url: str, work: Path, workers: int) -> Server:
+def start_ocspd(
+    procs: Processes, db_url: str, work: Path, workers: int, extra_env: dict[str, str]
+) -> Server:
     port, admin_port = free_port(), free_port()
     config = work / "ocspd.toml"
     # drain_seconds only shortens the stop at the end; nothing here changes how it answers.
     config.write_text('[responder]\nnonce = "echo"\nlog_level = "info"\ndrain_seconds = 0.5\n')
-    env = {**os.environ, "OCSPD_DATABASE_URL": db_url}
+    env = {**os.environ, **extra_env, "OCSPD_DATABASE_URL": db_url}
     env.pop("OCSPD_CONFIG", None)
     log = work / "ocspd.log"
     command: list[str | Path] = [
@@ -542,6 +687,8 @@ def start_openssl(procs: Processes, pki: Pki, work: Path, workers: int) -> Serve
 
 # --- ocspd's own counters ----------------------------------------------------------------
 
+SIGNING = "ocspd_signing_duration_seconds"  # a histogram: _sum and _count
+REFUSED = "ocspd_signing_refused_total"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
@@ -602,6 +749,7 @@ class Bench:
     seconds: float
     warmup: float
     runs: list[Run] = field(default_factory=list)
+    hsm_note: str = ""  # why the SoftHSM run is missing, if it is
 
     def run(self, scenario: Scenario, target: str, round_number: int) -> Run:
         a = self.args
@@ -610,13 +758,13 @@ class Bench:
         else:
             server = self.ocspd if target == "ocspd" else self.ceiling
         try:
-            sample = scenario.sample(self.pki)
+            sample = scenario.sample()
             reply = send(server.port, sample)
             if target == "ceiling":
                 if reply.status != 200 or not reply.body.startswith(b"\x30"):
                     raise CheckFailed(f"ceiling answered HTTP {reply.status}")
             else:
-                check_answer(reply, sample, ocsp.OCSPCertStatus.GOOD, self.pki.responder.cert)
+                check_answer(reply, sample, ocsp.OCSPCertStatus.GOOD, scenario.responder)
             log = self.work / "wrk.log"
             if self.warmup and target != "openssl" and not scenario.nonce:
                 # Fills every ocspd worker's cache and wakes the ceiling up (openssl has no
@@ -663,6 +811,13 @@ class Bench:
         lookups = sum(cache.values())
         if lookups:
             notes.append(f"cache hits {100 * cache['hit'] / lookups:.1f} %")
+        signed = after.get(SIGNING + "_count", 0.0) - before.get(SIGNING + "_count", 0.0)
+        if signed and run.scenario.nonce:
+            spent = after.get(SIGNING + "_sum", 0.0) - before.get(SIGNING + "_sum", 0.0)
+            notes.append(f"signing {1000 * spent / signed:.2f} ms mean, slot wait included")
+        refused = after.get(REFUSED, 0.0) - before.get(REFUSED, 0.0)
+        if refused:
+            run.problems.append(f"{refused:.0f} signatures refused (tryLater)")
         run.server_note = "; ".join(notes)
 
     def _check(self, run: Run) -> None:
@@ -701,6 +856,7 @@ def postgres_backends(db_name: str) -> list[int]:
 
 # Where a sample's time goes: the first match walking from the innermost frame outwards.
 _CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
+    ("PKCS#11 signing (python-pkcs11, SoftHSM2)", re.compile(r"pkcs11")),
     ("ECDSA signing (cryptography, in-process)", re.compile(r"sign_sync|filekey\.py")),
     ("Prometheus multiprocess metrics", re.compile(r"prometheus_client")),
     ("status database (asyncpg)", re.compile(r"asyncpg")),
@@ -815,9 +971,10 @@ def _cpu_per_response(run: Run) -> float:
     return run.cpu_us_per_request(run.server_cpu_s + run.db_cpu_s)
 
 
-def _cpu_ratio(runs: Sequence[Run], key: str, a: str, b: str) -> str:
-    ours = [_cpu_per_response(r) for r in runs if r.scenario.key == key and r.server == a]
-    theirs = [_cpu_per_response(r) for r in runs if r.scenario.key == key and r.server == b]
+def _cpu_ratio(runs: Sequence[Run], ours_run: tuple[str, str], theirs_run: tuple[str, str]) -> str:
+    """Median CPU per response of (scenario, server) theirs_run over that of ours_run."""
+    ours = [_cpu_per_response(r) for r in runs if (r.scenario.key, r.server) == ours_run]
+    theirs = [_cpu_per_response(r) for r in runs if (r.scenario.key, r.server) == theirs_run]
     if not ours or not theirs or not statistics.median(ours):
         return ""
     return f"{statistics.median(theirs) / statistics.median(ours):.2f}x"
@@ -859,13 +1016,15 @@ def report(
         "32-octet nonces (neither server remembers nonces, so a repeat after that many "
         "requests costs them the same as a new one).",
         "",
+        hsm_paragraph(bench),
+        "",
         "| scenario | server | req/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | socket errors "
         "| CPU µs/req | checks |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     order = [("get", "aiohttp ceiling"), ("get", "ocspd"), ("get", "openssl ocsp"),
              ("post", "aiohttp ceiling"), ("post", "ocspd"), ("post", "openssl ocsp"),
-             ("nonce", "ocspd"), ("nonce", "openssl ocsp")]  # fmt: skip
+             ("nonce", "ocspd"), ("nonce", "openssl ocsp"), ("nonce-hsm", "ocspd")]  # fmt: skip
     for key, server in order:
         run = _pick(bench.runs, key, server)
         if run is None:
@@ -900,20 +1059,28 @@ def report(
     ]
     runs = bench.runs
 
-    def ratio_line(title: str, key: str, a: str, b: str, target: float) -> None:
-        value = _ratio(_pick(runs, key, a), _pick(runs, key, b))
+    def ratio_line(
+        title: str, key: str, a: str, b: str, target: float | None, key_b: str | None = None
+    ) -> None:
+        """Server a on scenario key over server b on scenario key_b (default: the same)."""
+        key_b = key_b or key
+        value = _ratio(_pick(runs, key, a), _pick(runs, key_b, b))
         if value is None:
             return
         per_round = []
         for n in range(bench.args.rounds):
             this_round = [r for r in runs if r.round == n]
-            paired = _ratio(_pick(this_round, key, a), _pick(this_round, key, b))
+            paired = _ratio(_pick(this_round, key, a), _pick(this_round, key_b, b))
             if paired is not None:
                 per_round.append(f"{paired:.2f}")
-        verdict = "met" if value >= target else "**missed**"
+        cpu = _cpu_ratio(runs, (key, a), (key_b, b))
+        if target is None:
+            goal = verdict = "-"
+        else:
+            goal = f">= {target:g}x"
+            verdict = "met" if value >= target else "**missed**"
         lines.append(
-            f"| {title} | {value:.2f}x | {', '.join(per_round)} | {_cpu_ratio(runs, key, a, b)} "
-            f"| >= {target:g}x | {verdict} |"
+            f"| {title} | {value:.2f}x | {', '.join(per_round)} | {cpu} | {goal} | {verdict} |"
         )
 
     for key, name in (("get", "GET"), ("post", "POST")):
@@ -939,6 +1106,22 @@ def report(
         "openssl ocsp",
         TARGETS["ratio_live"],
     )
+    ratio_line(
+        "ocspd live SoftHSM P-256 + nonce / openssl + nonce",
+        "nonce-hsm",
+        "ocspd",
+        "openssl ocsp",
+        TARGETS["ratio_live_hsm"],
+        key_b="nonce",
+    )
+    ratio_line(
+        "ocspd live SoftHSM / ocspd live file key (no target)",
+        "nonce-hsm",
+        "ocspd",
+        "ocspd",
+        None,
+        key_b="nonce",
+    )
     for key, name in (("get", "GET"), ("post", "POST")):
         run = _pick(runs, key, "ocspd")
         if run is not None:
@@ -959,11 +1142,17 @@ def report(
         "each had the same CPU to itself, which the noise of a shared machine disturbs less.",
     ]
     for profile in profiles:
+        threads = (
+            "of the time one of its threads, the event loop or the PKCS#11 thread, was not "
+            "waiting, which includes time it was runnable but preempted"
+            if profile.scenario.endswith("SoftHSM")
+            else "of the time the worker was not waiting in epoll, which includes time it was "
+            "runnable but preempted"
+        )
         lines += [
             "",
             f"py-spy, one ocspd worker, {profile.scenario} ({profile.samples} samples, 200 Hz, "
-            "of the time the worker was not waiting in epoll, which includes time it was "
-            "runnable but preempted): where the time goes (innermost matching frame wins), and "
+            f"{threads}): where the time goes (innermost matching frame wins), and "
             "the functions with the most self time.",
             "",
             "| share | category |",
@@ -975,6 +1164,21 @@ def report(
             *(f"| {share:.1f} % | `{name}` |" for name, share in profile.top_self),
         ]
     return "\n".join(lines), ok
+
+
+def hsm_paragraph(bench: Bench) -> str:
+    if bench.hsm_note:
+        return f"SoftHSM run (live POST + nonce, key in a PKCS#11 token) {bench.hsm_note}."
+    return (
+        "The SoftHSM run uses a second issuing CA (same root) with "
+        f"{bench.args.count} good leaves, registered as a second issuer in the same database and "
+        "served by the same `ocspd serve`: its delegated responder's P-256 key was imported "
+        "into a fresh SoftHSM2 token (file object store; `softhsm2-util --import`) and is named "
+        "by a `pkcs11:` URI with module-path and pin-source, SOFTHSM2_CONF set for ocspd. Its "
+        "load is that of the nonce run, for this CA; ocspd signs on one PKCS#11 thread per "
+        "worker. It runs against ocspd only; its ratio is taken against openssl's nonce run "
+        "in the same round (openssl signing with the file key)."
+    )
 
 
 def bench_scenario(bench: Bench, key: str) -> Scenario:
@@ -1054,8 +1258,8 @@ def admin_sql(sql: str) -> None:
     asyncio.run(go())
 
 
-def ocspd_cli(db_url: str, *args: str | Path) -> str:
-    env = {**os.environ, "OCSPD_DATABASE_URL": db_url}
+def ocspd_cli(db_url: str, *args: str | Path, extra_env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, **(extra_env or {}), "OCSPD_DATABASE_URL": db_url}
     env.pop("OCSPD_CONFIG", None)
     done = subprocess.run(
         [sys.executable, "-m", "ocspd", *map(str, args)], env=env, capture_output=True, text=True
@@ -1065,7 +1269,7 @@ def ocspd_cli(db_url: str, *args: str | Path) -> str:
     return done.stdout
 
 
-def load_database(db_url: str, pki: Pki) -> None:
+def load_database(db_url: str, pki: Pki, hsm: HsmIssuer | None) -> None:
     ocspd_cli(db_url, "db", "migrate")
     ocspd_cli(
         db_url, "issuer", "add", "bench", "--ca-cert", pki.ca_pem,
@@ -1079,6 +1283,15 @@ def load_database(db_url: str, pki: Pki) -> None:
     expected = f"bench: 0 added, {len(pki.revoked)} status changes applied"
     if not out.startswith(expected):
         raise RuntimeError(f"index import did not revoke {len(pki.revoked)} certificates: {out}")
+    if hsm is not None:
+        # `issuer add` opens the key (and checks it against the certificate): SOFTHSM2_CONF.
+        ocspd_cli(
+            db_url, "issuer", "add", "bench-hsm", "--ca-cert", hsm.ca_pem,
+            "--responder-cert", hsm.responder_pem, "--responder-key", hsm.key_uri,
+            extra_env=hsm.env,
+        )  # fmt: skip
+        out = ocspd_cli(db_url, "cert", "import", "--issuer", "bench-hsm", hsm.bundle).strip()
+        print(f"  SoftHSM issuer, bundle import: {out}")
 
 
 @contextlib.contextmanager
@@ -1109,6 +1322,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds", type=int, help="repeat every run, the median is shown (default 3, quick 1)"
     )
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
+    p.add_argument("--no-hsm", action="store_true", help="leave out the SoftHSM run")
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     p.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, PKI)")
@@ -1141,25 +1355,41 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"  PKI: {args.count} leaves, {len(pki.revoked)} revoked "
                 f"({time.perf_counter() - t:.1f} s)"
             )
-            load_database(db_url, pki)
-            scenarios = make_scenarios(pki, work, args.nonces)
+            hsm, hsm_note = None, ""
+            module = softhsm_module()
+            if args.no_hsm:
+                hsm_note = "left out (--no-hsm)"
+            elif module is None:
+                hsm_note = "not run: softhsm2-util or libsofthsm2.so is not installed"
+            else:
+                t = time.perf_counter()
+                hsm = make_hsm_issuer(work, pki.root, args.count, module)
+                print(
+                    f"  SoftHSM issuer: {args.count} leaves, key in token {HSM_TOKEN!r} "
+                    f"({time.perf_counter() - t:.1f} s)"
+                )
+            if hsm_note:
+                print(f"  SoftHSM run {hsm_note}")
+            load_database(db_url, pki, hsm)
+            scenarios = make_scenarios(pki, hsm, work, args.nonces)
             by_key = {s.key: s for s in scenarios}
-            server = start_ocspd(procs, db_url, work, args.workers)
+            server = start_ocspd(procs, db_url, work, args.workers, hsm.env if hsm else {})
             check_ocspd(server, pki, by_key)
-            sample = by_key["get"].sample(pki)
+            sample = by_key["get"].sample()
             ceiling = start_ceiling(procs, work, args.workers, send(server.port, sample).body)
-            bench = Bench(args, pki, work, procs, db_name, server, ceiling, seconds, warmup)
+            bench = Bench(
+                args, pki, work, procs, db_name, server, ceiling, seconds, warmup, hsm_note=hsm_note
+            )
             for round_number in range(args.rounds):
                 print(f"round {round_number + 1}/{args.rounds}")
                 for scenario in scenarios:
-                    targets = ["ocspd", "openssl"]
-                    if not scenario.nonce:
-                        targets.insert(0, "ceiling")
-                    for target in targets:
+                    for target in scenario.targets:
                         bench.run(scenario, target, round_number)
             profiles = []
             if not args.no_profile:
-                for key in ("post", "nonce"):
+                for key in ("post", "nonce", "nonce-hsm"):
+                    if key not in by_key:
+                        continue
                     profile = profile_ocspd(bench, by_key[key], 6.0 if args.quick else 10.0)
                     if profile:
                         profiles.append(profile)
@@ -1189,9 +1419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def check_ocspd(server: Server, pki: Pki, scenarios: dict[str, Scenario]) -> None:
     """Before any load: good, revoked and nonce answers are right."""
     for scenario in scenarios.values():
-        sample = scenario.sample(pki)
+        sample = scenario.sample()
         check_answer(
-            send(server.port, sample), sample, ocsp.OCSPCertStatus.GOOD, pki.responder.cert
+            send(server.port, sample), sample, ocsp.OCSPCertStatus.GOOD, scenario.responder
         )
     revoked = Sample(
         "POST", "/", ocsp_request(pki.revoked[0], pki.ca.cert, None), pki.revoked[0], None

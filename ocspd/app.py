@@ -89,7 +89,16 @@ def build_app(
         app[READINESS].checks["signer"] = lambda: not live.signer_failing
         # CRLs: max-age capped like OCSP responses, and never past nextUpdate.
         crls = CrlFiles(Path(config.crl.directory), config.responder.max_cache_age, clock)
-        handler = OcspHandler(source, config.responder, crls, app[READINESS], metrics, log, clock)
+        handler = OcspHandler(
+            source,
+            config.responder,
+            crls,
+            app[READINESS],
+            metrics,
+            log,
+            clock,
+            cache.lookup_request,
+        )
         app.router.add_route("*", "/{tail:.*}", handler)
         tasks = [asyncio.create_task(feed.run()), asyncio.create_task(_gauges(app, clock))]
         yield

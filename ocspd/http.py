@@ -56,8 +56,11 @@ class OcspHandler:
         metrics: ResponderMetrics,
         log: logging.Logger,
         clock: Callable[[], dt.datetime],
+        lookup: Callable[[bytes], Response | None] = lambda body: None,
     ) -> None:
         self._source = source
+        # A cache lookup by the raw request bytes, tried before parsing (see CacheSource).
+        self._lookup = lookup
         self._crls = crls
         self._prefix = config.path
         self._max_bytes = config.max_request_bytes
@@ -138,9 +141,10 @@ class OcspHandler:
         else:
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
 
+        answer = self._lookup(body)
         try:
-            ocsp_request = parse_request(body)
-            answer = await self._source.response(ocsp_request)
+            if answer is None:
+                answer = await self._source.response(parse_request(body))
         except MalformedRequest:
             return self._error(ResponseStatus.malformedRequest), "malformedRequest"
         except Unauthorized:

@@ -223,3 +223,23 @@ async def test_signing_limiter_refuses_past_the_waiting_line() -> None:
     release.set()
     await asyncio.gather(*tasks)
     assert sorted(outcomes) == ["signed"] * 3 + ["tryLater"] * 2  # 1 in flight + 2 waiting
+
+
+async def test_lookup_by_request_bytes(table: IssuerTable, cas: tuple[devpki.Issued, ...]) -> None:
+    clock = Clock()
+    inner = FakeSource(clock)
+    cache = _cache(inner, table, clock)
+    request = OcspRequest((CertId.of(cas[0].cert, 21),), None, b"request-21-bytes")
+    assert cache.lookup_request(request.der) is None  # never parsed: unknown
+    first = await cache.response(request)
+    assert cache.lookup_request(request.der) is first
+    assert cache.lookup_request(b"other bytes") is None
+    cache.invalidate([(1, 21)])
+    assert cache.lookup_request(request.der) is None  # never outlives the status it shows
+    second = await cache.response(request)
+    clock.now += dt.timedelta(hours=13)
+    assert cache.lookup_request(request.der) is None  # due for refresh
+    assert await cache.response(request) is not second
+    with_nonce = OcspRequest((CertId.of(cas[0].cert, 22),), b"\x04\x01n", b"nonce-bytes")
+    await cache.response(with_nonce)
+    assert cache.lookup_request(with_nonce.der) is None

@@ -49,15 +49,19 @@ class CacheSource:
         self._keys: dict[Changed, set[bytes]] = {}
         self._epoch = 0
         self._pending: dict[bytes, asyncio.Future[Response]] = {}
+        # Request DER -> CertID key, for lookup_request.
+        self._by_request: OrderedDict[bytes, bytes] = OrderedDict()
 
     async def response(self, request: OcspRequest) -> Response:
         if len(request.cert_ids) != 1:
             return await self._inner.response(request)
+        key = request.cert_ids[0].der
         if request.nonce is not None:
             if self._nonce is NoncePolicy.ECHO:
                 return await self._inner.response(request)
             request = replace(request, nonce=None)  # RFC 5019: answer from cache, no nonce
-        key = request.cert_ids[0].der
+        elif self._max_entries > 0:
+            self._remember(request.der, key)
         now = self._clock()
         entry = self._entries.get(key)
         if entry is not None:
@@ -89,6 +93,34 @@ class CacheSource:
             raise
         finally:
             del self._pending[key]
+
+    def lookup_request(self, body: bytes) -> Response | None:
+        """The cached answer to exactly these request bytes, without parsing them again.
+
+        Clients repeat byte-identical requests (no nonce), so the HTTP edge tries this before
+        parsing. Only requests this cache has parsed and accepted before are known here, and
+        the answer is the same entry `response` would return, fresh or not at all.
+        """
+        key = self._by_request.get(body)
+        if key is None:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        cached = entry[0]
+        now = self._clock()
+        if now < cached.this_update + self._refresh_after and now < cached.next_update:
+            self._hit.inc()
+            return cached
+        return None
+
+    def _remember(self, body: bytes, key: bytes) -> None:
+        if body in self._by_request:
+            return
+        self._by_request[body] = key
+        # Bounded like the entries: a few request encodings per CertID at most.
+        while len(self._by_request) > 2 * self._max_entries:
+            self._by_request.popitem(last=False)
 
     def _put(self, key: bytes, request: OcspRequest, response: Response) -> None:
         if self._max_entries <= 0:

@@ -31,6 +31,7 @@ _OUTCOMES = (
     "internalError",
     "tryLater",
     "unauthorized",
+    "rejected",
 )
 
 
@@ -97,6 +98,9 @@ class OcspHandler:
         try:
             response, outcome = await self._answer(request, path)
             return response
+        except web.HTTPException:
+            outcome = "rejected"  # not an OCSP request at all: wrong method or path
+            raise
         finally:
             self._counted[method, outcome].inc()
             self._timed[method].observe(time.perf_counter() - started)
@@ -123,7 +127,7 @@ class OcspHandler:
                 return self._error(
                     ResponseStatus.malformedRequest, http_status=413
                 ), "malformedRequest"
-            body = await request.content.read(self._max_bytes + 1)
+            body = await self._read_body(request)
             if len(body) > self._max_bytes:
                 return self._error(
                     ResponseStatus.malformedRequest, http_status=413
@@ -168,6 +172,17 @@ class OcspHandler:
         return web.Response(
             body=answer.der, content_type=OCSP_RESPONSE, headers=headers
         ), "successful"
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """Up to max_request_bytes + 1 bytes: enough to tell an oversized body, never more.
+        A body arrives in as many pieces as the network delivers, so read until the end."""
+        body = bytearray()
+        while len(body) <= self._max_bytes:
+            chunk = await request.content.read(self._max_bytes + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+        return bytes(body)
 
     def _cache_headers(self, answer: Response) -> dict[str, str]:
         # RFC 5019 6.2: max-age up to nextUpdate, capped so caches ask again well before.

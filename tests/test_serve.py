@@ -447,3 +447,36 @@ def test_pkilint_finds_nothing_in_served_responses(served: Served, tmp_path: Pat
             result.stdout,
             result.stderr,
         )
+
+
+def test_body_in_pieces_and_rejections_counted(served: Served) -> None:
+    """A body that arrives in several TCP segments is read whole; a wrong method is counted as
+    rejected, not as an internal error."""
+    import socket
+
+    body = _request(served, _load(served.good))
+    head = (
+        f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/ocsp-request\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", served.responder.port), timeout=10) as s:
+        s.sendall(head + body[:20])
+        time.sleep(0.3)
+        s.sendall(body[20:])
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert b" 200 " in status_line
+    der = rest.split(b"\r\n\r\n", 1)[1]
+    assert ocsp.load_der_ocsp_response(der).certificate_status == ocsp.OCSPCertStatus.GOOD
+
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(
+            urllib.request.Request(served.responder.url, method="DELETE"), timeout=5
+        )
+    text = served.responder.metrics()
+    assert 'ocspd_requests_total{method="other",outcome="rejected"}' in text
+    assert 'outcome="internalError"} 1' not in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -24,7 +24,7 @@ from ocspd.sources.issuers import IssuerTable, ServedIssuer
 from ocspd.sources.live import LiveSource
 from ocspd.store import issuers as issuer_store
 from ocspd.store.db import Role
-from ocspd.store.feed import ChangeFeed
+from ocspd.store.feed import Changed, ChangeFeed
 from ocspd.store.status import StatusStore
 
 CONFIG = web.AppKey("config", Config)
@@ -66,8 +66,16 @@ def build_app(
 
     async def sources(app: web.Application) -> AsyncIterator[None]:
         metrics = app[METRICS]
+        interval = config.responder.feed_interval.total_seconds()
         live = LiveSource(
-            StatusStore(app[POOL]), app[ISSUERS], config.responder, clock, metrics, log
+            StatusStore(app[POOL]),
+            app[ISSUERS],
+            config.responder,
+            clock,
+            metrics,
+            log,
+            # Remembered status is current while the feed polled within the 1-second budget.
+            status_current=lambda: feed.healthy(within=1.0),
         )
         cache = CacheSource(
             live,
@@ -80,8 +88,12 @@ def build_app(
         )
         source = FilterSource(cache, app[ISSUERS])
         app[CACHE] = cache
-        interval = config.responder.feed_interval.total_seconds()
-        feed = ChangeFeed(app[POOL], interval, cache.invalidate, log)
+
+        def changed(items: Sequence[Changed]) -> None:
+            cache.invalidate(items)
+            live.invalidate(items)
+
+        feed = ChangeFeed(app[POOL], interval, changed, log)
         await feed.poll()  # the baseline snapshot, before the first request is answered
         app[FEED] = feed
         # Ready while the feed keeps up: without it a cached answer could outlive its status.

@@ -243,3 +243,53 @@ async def test_lookup_by_request_bytes(table: IssuerTable, cas: tuple[devpki.Iss
     with_nonce = OcspRequest((CertId.of(cas[0].cert, 22),), b"\x04\x01n", b"nonce-bytes")
     await cache.response(with_nonce)
     assert cache.lookup_request(with_nonce.der) is None
+
+
+class FakeStore:
+    """Stands in for StatusStore: every serial is good; counts the lookups."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    async def lookup_one(self, issuer_id: int, serial: int, cert_id_der: bytes):  # type: ignore[no-untyped-def]
+        from ocspd.model import CertStatus
+        from ocspd.store.status import StatusRow
+
+        self.lookups += 1
+        return StatusRow(
+            serial, CertStatus.GOOD, None, None, START + dt.timedelta(days=90), 1
+        ), None
+
+    async def store(self, *args: object) -> None:
+        pass
+
+
+async def test_nonce_requests_reuse_a_current_status(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    import logging
+
+    from ocspd.config import ResponderConfig
+    from ocspd.sources.live import LiveSource
+
+    store = FakeStore()
+    current = [True]
+    live = LiveSource(
+        store,  # type: ignore[arg-type]
+        table, ResponderConfig(), lambda: dt.datetime.now(dt.UTC), ResponderMetrics(CollectorRegistry()),
+        logging.getLogger("test"), status_current=lambda: current[0],
+    )  # fmt: skip
+    nonce = _req(cas[0], 31, nonce=b"\x04\x02n1")
+    await live.response(nonce)
+    await live.response(nonce)
+    assert store.lookups == 1  # the second nonce request signed from the remembered row
+    current[0] = False  # the change feed is behind: back to the database
+    await live.response(nonce)
+    assert store.lookups == 2
+    current[0] = True
+    live.invalidate([(1, 31)])  # the status changed: forget the row
+    await live.response(nonce)
+    assert store.lookups == 3
+    await live.response(_req(cas[0], 31))  # without a nonce the stored-response lookup runs
+    assert store.lookups == 4
+    await live.close()

@@ -10,7 +10,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -22,6 +23,7 @@ from ocspd.protocol.request import CertId, OcspRequest
 from ocspd.protocol.response import AnswerStatus, SingleAnswer, build_response
 from ocspd.sources.base import Response
 from ocspd.sources.issuers import IssuerTable, ServedIssuer
+from ocspd.store.feed import Changed
 from ocspd.store.status import StatusRow, StatusStore, StoredResponse
 
 # Errors that mean "the database cannot answer now": the client gets tryLater.
@@ -85,6 +87,7 @@ class LiveSource:
         clock: Callable[[], dt.datetime],
         metrics: ResponderMetrics,
         log: logging.Logger,
+        status_current: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store = store
         self._issuers = issuers
@@ -99,6 +102,14 @@ class LiveSource:
         self._store_writes = True
         # Set when the last live signature failed; /readyz reports it.
         self.signer_failing = False
+        # Status rows read recently, so a nonce request for a certificate just looked up needs
+        # no database round trip. Dropped by the change feed like the response cache, and used
+        # only while the feed is current (`status_current`), so a status shown is never more
+        # than the feed's delay behind the database.
+        self._rows: OrderedDict[tuple[int, int], StatusRow | None] = OrderedDict()
+        self._max_rows = config.cache_entries
+        self._status_current = status_current
+        self._epoch = 0
 
     async def response(self, request: OcspRequest) -> Response:
         issuer = self._issuers.find(request.cert_ids[0])
@@ -107,7 +118,14 @@ class LiveSource:
         try:
             if len(request.cert_ids) == 1:
                 cert_id = request.cert_ids[0]
+                memo = (issuer.id, cert_id.serial)
+                if request.nonce is not None and memo in self._rows and self._status_current():
+                    row = self._rows[memo]
+                    return await self._sign(issuer, request, {cert_id.serial: row} if row else {})
+                epoch = self._epoch
                 row, stored = await self._store.lookup_one(issuer.id, cert_id.serial, cert_id.der)
+                if epoch == self._epoch:
+                    self._remember(memo, row)
                 if stored is not None and request.nonce is None and self._fresh(stored, now):
                     self._metrics.stored.labels("hit").inc()
                     return Response(
@@ -129,6 +147,20 @@ class LiveSource:
                 issuer, request.cert_ids[0], rows[request.cert_ids[0].serial], response
             )
         return response
+
+    def _remember(self, memo: tuple[int, int], row: StatusRow | None) -> None:
+        if self._max_rows <= 0:
+            return
+        self._rows[memo] = row
+        self._rows.move_to_end(memo)
+        while len(self._rows) > self._max_rows:
+            self._rows.popitem(last=False)
+
+    def invalidate(self, changed: Sequence[Changed]) -> None:
+        """Fed by the change feed: forget these certificates' rows."""
+        self._epoch += 1
+        for item in changed:
+            self._rows.pop(item, None)
 
     def _fresh(self, stored: StoredResponse, now: dt.datetime) -> bool:
         return now < stored.this_update + self._config.refresh_after and now < stored.next_update

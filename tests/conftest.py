@@ -18,18 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from needs import missing
 
 from ocspd import cli, devpki
 from ocspd.store.migrate import migrate
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _missing(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _reachable(url: str) -> bool:
@@ -72,7 +66,7 @@ def pg_admin_url() -> Iterator[str]:
     try:
         import pgserver
     except ImportError:
-        _missing(f"no PostgreSQL at {url} and pgserver is not installed")
+        missing(f"no PostgreSQL at {url} and pgserver is not installed")
     with tempfile.TemporaryDirectory(prefix="ocspd-pg-") as tmp:
         server = pgserver.get_server(tmp, cleanup_mode="stop")
         yield server.get_uri()

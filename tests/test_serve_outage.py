@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, make_pki
+from conftest import make_pki
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from needs import missing
 from responder import http_get, http_post, start_responder
 from test_serve import ocspd_cmd
 
@@ -41,9 +42,7 @@ def private_pg(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     try:
         import pgserver  # noqa: F401
     except ImportError:
-        if IN_CI:
-            pytest.fail("pgserver is needed for the database outage test")
-        pytest.skip("pgserver is not installed")
+        missing("pgserver is needed for the database outage test (pip install pgserver)")
     directory = Path("/tmp") / f"ocspd-pg-{os.getpid()}-{tmp_path.name[-6:]}"  # short: socket path
     url = _pgserver(directory, "start")
     yield directory, url

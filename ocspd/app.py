@@ -1,15 +1,17 @@
-"""build_app(config): the responder's wiring, with every resource opened in cleanup_ctx."""
+"""open_responder(config): the responder's wiring. Each resource is opened in order and
+closed in reverse when the block ends, like an aiohttp app's cleanup_ctx."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ocspd.config import Config
@@ -27,14 +29,6 @@ from ocspd.store.db import Role
 from ocspd.store.feed import Changed, ChangeFeed
 from ocspd.store.status import StatusStore
 
-CONFIG = web.AppKey("config", Config)
-POOL = web.AppKey("pool", asyncpg.Pool)
-ISSUERS = web.AppKey("issuers", IssuerTable)
-READINESS = web.AppKey("readiness", Readiness)
-METRICS = web.AppKey("metrics", ResponderMetrics)
-CACHE = web.AppKey("cache", CacheSource)
-FEED = web.AppKey("feed", ChangeFeed)
-
 Clock = Callable[[], dt.datetime]
 
 
@@ -42,34 +36,33 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def build_app(
+@dataclass(frozen=True)
+class Responder:
+    """What a worker serves: the HTTP handler, and the readiness it reports."""
+
+    handler: OcspHandler
+    readiness: Readiness
+
+
+@contextlib.asynccontextmanager
+async def open_responder(
     config: Config,
     registry: CollectorRegistry,
     log: logging.Logger,
     clock: Clock = utcnow,
-) -> web.Application:
-    # client_max_size bounds what aiohttp itself buffers; the handler enforces the OCSP cap.
-    app = web.Application(client_max_size=config.responder.max_request_bytes + 1024)
-    app[CONFIG] = config
-    app[READINESS] = Readiness()
-    app[METRICS] = ResponderMetrics(registry)
+) -> AsyncIterator[Responder]:
+    readiness = Readiness()
+    metrics = ResponderMetrics(registry)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await _create_pool(config)
+        stack.push_async_callback(pool.close)
+        keys = stack.enter_context(KeyOpener(config.pkcs11))
+        issuers = await _load_issuers(pool, keys, clock(), log)
 
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        app[POOL] = await _create_pool(config)
-        yield
-        await app[POOL].close()
-
-    async def issuers(app: web.Application) -> AsyncIterator[None]:
-        with KeyOpener(config.pkcs11) as keys:
-            app[ISSUERS] = await _load_issuers(app[POOL], keys, clock(), log)
-            yield
-
-    async def sources(app: web.Application) -> AsyncIterator[None]:
-        metrics = app[METRICS]
         interval = config.responder.feed_interval.total_seconds()
         live = LiveSource(
-            StatusStore(app[POOL]),
-            app[ISSUERS],
+            StatusStore(pool),
+            issuers,
             config.responder,
             clock,
             metrics,
@@ -77,50 +70,50 @@ def build_app(
             # Remembered status is current while the feed polled within the 1-second budget.
             status_current=lambda: feed.healthy(within=1.0),
         )
+        stack.push_async_callback(live.close)
         cache = CacheSource(
             live,
-            app[ISSUERS],
+            issuers,
             clock,
             config.responder.refresh_after,
             config.responder.cache_entries,
             config.responder.nonce,
             metrics,
         )
-        source = FilterSource(cache, app[ISSUERS])
-        app[CACHE] = cache
+        source = FilterSource(cache, issuers)
 
         def changed(items: Sequence[Changed]) -> None:
             cache.invalidate(items)
             live.invalidate(items)
 
-        feed = ChangeFeed(app[POOL], interval, changed, log)
+        feed = ChangeFeed(pool, interval, changed, log)
         await feed.poll()  # the baseline snapshot, before the first request is answered
-        app[FEED] = feed
         # Ready while the feed keeps up: without it a cached answer could outlive its status.
-        app[READINESS].checks["database"] = lambda: feed.healthy(within=max(2.0, 10 * interval))
-        app[READINESS].checks["signer"] = lambda: not live.signer_failing
+        readiness.checks["database"] = lambda: feed.healthy(within=max(2.0, 10 * interval))
+        readiness.checks["signer"] = lambda: not live.signer_failing
         # CRLs: max-age capped like OCSP responses, and never past nextUpdate.
         crls = CrlFiles(Path(config.crl.directory), config.responder.max_cache_age, clock)
         handler = OcspHandler(
             source,
             config.responder,
             crls,
-            app[READINESS],
+            readiness,
             metrics,
             log,
             clock,
             cache.lookup_request,
+            cache.alias_request,
         )
-        app.router.add_route("*", "/{tail:.*}", handler)
-        tasks = [asyncio.create_task(feed.run()), asyncio.create_task(_gauges(app, clock))]
-        yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await live.close()
-
-    app.cleanup_ctx.extend([database, issuers, sources])
-    return app
+        tasks = [
+            asyncio.create_task(feed.run()),
+            asyncio.create_task(_gauges(metrics, pool, issuers, cache, feed, clock)),
+        ]
+        try:
+            yield Responder(handler, readiness)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _create_pool(config: Config) -> asyncpg.Pool:
@@ -168,12 +161,18 @@ async def _load_issuers(
     return IssuerTable(served)
 
 
-async def _gauges(app: web.Application, clock: Clock) -> None:
+async def _gauges(
+    metrics: ResponderMetrics,
+    pool: asyncpg.Pool,
+    issuers: IssuerTable,
+    cache: CacheSource,
+    feed: ChangeFeed,
+    clock: Clock,
+) -> None:
     """Gauges that are states rather than events, refreshed every few seconds."""
-    metrics, pool, cache, feed = app[METRICS], app[POOL], app[CACHE], app[FEED]
     while True:
         now = clock()
-        for issuer in app[ISSUERS]:
+        for issuer in issuers:
             metrics.responder_cert_expiry.labels(issuer.name).set(issuer.seconds_until_expiry(now))
         metrics.db_pool_size.set(pool.get_size())
         metrics.db_pool_in_use.set(pool.get_size() - pool.get_idle_size())

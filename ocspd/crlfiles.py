@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 from pathlib import Path
 
-from aiohttp import web
 from cryptography import x509
 
+from ocspd.httpserver import HttpReply, HttpRequest, header_lines, text_reply
 from ocspd.model import ISSUER_NAME
+
+_NOT_FOUND = text_reply(404, "not found\n")
+_NOT_ALLOWED = text_reply(405, "method not allowed\n", b"Allow: GET, HEAD\r\n")
 
 
 @dataclass(frozen=True)
@@ -60,18 +63,18 @@ class CrlFiles:
         self._loaded[name] = loaded
         return loaded
 
-    def __call__(self, request: web.Request, file_name: str) -> web.StreamResponse:
+    def __call__(self, request: HttpRequest, file_name: str) -> HttpReply:
         if request.method not in ("GET", "HEAD"):
-            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+            return _NOT_ALLOWED
         name = file_name.removesuffix(".crl")
         if not file_name.endswith(".crl") or not ISSUER_NAME.match(name):
-            raise web.HTTPNotFound(text="not found\n")
+            return _NOT_FOUND
         try:
             loaded = self._load(name)
         except (OSError, ValueError):
-            raise web.HTTPServiceUnavailable(text="CRL unreadable\n") from None
+            return text_reply(503, "CRL unreadable\n")
         if loaded is None:
-            raise web.HTTPNotFound(text="not found\n")
+            return _NOT_FOUND
         remaining = self._max_age
         if loaded.next_update is not None:
             remaining = int((loaded.next_update - self._clock()).total_seconds())
@@ -82,6 +85,7 @@ class CrlFiles:
         }
         if loaded.next_update is not None:
             headers["Expires"] = format_datetime(loaded.next_update, usegmt=True)
-        if loaded.etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers=headers)
-        return web.Response(body=loaded.der, content_type="application/pkix-crl", headers=headers)
+        if loaded.etag in request.headers.get("if-none-match", ""):
+            return HttpReply(304, header_lines(headers))
+        headers["Content-Type"] = "application/pkix-crl"
+        return HttpReply(200, header_lines(headers), loaded.der, head_only=request.method == "HEAD")

@@ -1,7 +1,11 @@
 """The HTTP edge: decode, limits, cache headers, ETag/304, and errors mapped to OCSP statuses.
 
 Paths are never normalised: base64 GET requests carry '/' and '+' that path cleaning would
-break (RFC 6960 A.1, RFC 5019 5), so one catch-all route dispatches on the raw path.
+break (RFC 6960 A.1, RFC 5019 5), so the handler dispatches on the raw request target.
+
+A request whose bytes are in the cache is answered without parsing and without a task: the
+handler returns the reply itself. Anything else returns a coroutine that parses, asks the
+Source and maps its exceptions to OCSP statuses.
 """
 
 from __future__ import annotations
@@ -11,11 +15,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from aiohttp import web
-
 from ocspd.config import ResponderConfig
 from ocspd.crlfiles import CrlFiles
 from ocspd.errors import Unauthorized, Unavailable
+from ocspd.httpserver import Answer, HttpReply, HttpRequest, text_reply
 from ocspd.metrics import ResponderMetrics
 from ocspd.protocol.request import MalformedRequest, decode_get_path, parse_request
 from ocspd.protocol.response import AnswerStatus, ResponseStatus, error_response
@@ -23,7 +26,7 @@ from ocspd.sources.base import Response, Source
 
 OCSP_REQUEST = "application/ocsp-request"
 OCSP_RESPONSE = "application/ocsp-response"
-_METHODS = frozenset({"GET", "POST"})
+_METHODS = ("GET", "POST")
 _OUTCOMES = (
     "successful",
     "not_modified",
@@ -33,6 +36,26 @@ _OUTCOMES = (
     "unauthorized",
     "rejected",
 )
+_NO_CACHE = b"Cache-Control: no-cache, no-store\r\n"
+_CONTENT_TYPE = b"Content-Type: application/ocsp-response\r\n"
+_NOT_FOUND = text_reply(404, "not found\n")
+_HEALTHY = text_reply(200, "ok\n")
+_READY = text_reply(200, "ready\n")
+_NOT_OCSP = text_reply(405, "method not allowed\n", b"Allow: GET, POST\r\n")
+
+
+def _ocsp_error(status: ResponseStatus, http_status: int = 200) -> HttpReply:
+    # RFC 6960 2.3: an unsuccessful response is unsigned; never cached by anyone.
+    return HttpReply(http_status, _CONTENT_TYPE + _NO_CACHE, error_response(status))
+
+
+# Built once: an error answer is the same bytes every time.
+_ERRORS: dict[tuple[ResponseStatus, int], HttpReply] = {
+    (status, http_status): _ocsp_error(status, http_status)
+    for status in ResponseStatus
+    if status is not ResponseStatus.successful
+    for http_status in (200, 413, 414, 415)
+}
 
 
 class Readiness:
@@ -57,11 +80,14 @@ class OcspHandler:
         metrics: ResponderMetrics,
         log: logging.Logger,
         clock: Callable[[], dt.datetime],
-        lookup: Callable[[bytes], Response | None] = lambda body: None,
+        lookup: Callable[[bytes | str], Response | None] = lambda body: None,
+        alias: Callable[[str, bytes], None] = lambda path, body: None,
     ) -> None:
         self._source = source
-        # A cache lookup by the raw request bytes, tried before parsing (see CacheSource).
+        # A cache lookup by the raw request bytes or GET path, tried before decoding or
+        # parsing them (see CacheSource.lookup_request and alias_request).
         self._lookup = lookup
+        self._alias = alias
         self._crls = crls
         self._prefix = config.path
         self._max_bytes = config.max_request_bytes
@@ -76,130 +102,142 @@ class OcspHandler:
         self._timed = {m: metrics.latency.labels(m) for m in (*_METHODS, "other")}
         self._answered = {s: metrics.answers.labels(s.name.lower()) for s in AnswerStatus}
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
-        path = request.raw_path.split("?", 1)[0]
+    def __call__(self, request: HttpRequest) -> Answer:
+        path = request.target.split("?", 1)[0]
+        if path.startswith(self._prefix) and not path.startswith(("/healthz", "/readyz", "/crl/")):
+            return self._ocsp(request, path)
         if path == "/healthz":
-            return web.Response(text="ok\n")
+            return _HEALTHY
         if path == "/readyz":
             failing = self._readiness.failing()
             if failing:
-                return web.Response(status=503, text="not ready: " + ", ".join(failing) + "\n")
-            return web.Response(text="ready\n")
+                return text_reply(503, "not ready: " + ", ".join(failing) + "\n")
+            return _READY
         if path.startswith("/crl/"):
             return self._crls(request, path.removeprefix("/crl/"))
-        if not (path.startswith(self._prefix) or path + "/" == self._prefix):
-            raise web.HTTPNotFound(text="not found\n")
-        return await self._ocsp(request, path)
+        if path + "/" == self._prefix:
+            return self._ocsp(request, path)
+        return _NOT_FOUND
 
-    async def _ocsp(self, request: web.Request, path: str) -> web.StreamResponse:
+    def refusal(self, http_status: int) -> HttpReply:
+        """The answer to a request the HTTP server refused before the handler saw it. A body
+        over the cap is still an OCSP request: it gets malformedRequest, counted as such."""
+        if http_status in (413, 414):
+            self._counted["other", "malformedRequest"].inc()
+            return _ERRORS[ResponseStatus.malformedRequest, http_status]
+        return text_reply(http_status, f"request refused ({http_status})\n")
+
+    def _ocsp(self, request: HttpRequest, path: str) -> Answer:
         started = time.perf_counter()
-        method = request.method if request.method in _METHODS else "other"
-        outcome = "internalError"
-        try:
-            response, outcome = await self._answer(request, path)
-            return response
-        except web.HTTPException:
-            outcome = "rejected"  # not an OCSP request at all: wrong method or path
-            raise
-        finally:
-            self._counted[method, outcome].inc()
-            self._timed[method].observe(time.perf_counter() - started)
-            if self._log.isEnabledFor(logging.DEBUG):
-                self._log.debug(
-                    "request",
-                    extra={
-                        "method": request.method,
-                        "outcome": outcome,
-                        "remote": request.remote,
-                        "ms": round((time.perf_counter() - started) * 1000, 3),
-                    },
-                )
-
-    async def _answer(self, request: web.Request, path: str) -> tuple[web.StreamResponse, str]:
-        if request.method == "POST":
-            if path + ("" if path.endswith("/") else "/") != self._prefix:
-                raise web.HTTPNotFound(text="not found\n")
-            if request.content_type != OCSP_REQUEST:
-                return self._error(
-                    ResponseStatus.malformedRequest, http_status=415
-                ), "malformedRequest"
-            if request.content_length is not None and request.content_length > self._max_bytes:
-                return self._error(
-                    ResponseStatus.malformedRequest, http_status=413
-                ), "malformedRequest"
-            body = await self._read_body(request)
-            if len(body) > self._max_bytes:
-                return self._error(
-                    ResponseStatus.malformedRequest, http_status=413
-                ), "malformedRequest"
-        elif request.method == "GET":
+        method = request.method
+        if method == "GET":
             tail = path[len(self._prefix) :]
+            answer = self._lookup(tail)
+            if answer is not None:
+                return self._served(request, method, answer, started)
             if len(tail) > self._max_bytes * 2:
-                return self._error(
-                    ResponseStatus.malformedRequest, http_status=414
-                ), "malformedRequest"
+                return self._done(
+                    request, method, "malformedRequest", started, _ERRORS[_MALFORMED, 414]
+                )
             try:
                 body = decode_get_path(tail)
             except MalformedRequest:
-                return self._error(ResponseStatus.malformedRequest), "malformedRequest"
-        else:
-            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST"])
+                return self._done(
+                    request, method, "malformedRequest", started, _ERRORS[_MALFORMED, 200]
+                )
+            return self._answer(request, method, body, started, alias=tail)
+        if method == "POST":
+            if path + ("" if path.endswith("/") else "/") != self._prefix:
+                return _NOT_FOUND
+            content_type = request.headers.get("content-type", "")
+            if content_type.split(";", 1)[0].strip().lower() != OCSP_REQUEST:
+                return self._done(
+                    request, method, "malformedRequest", started, _ERRORS[_MALFORMED, 415]
+                )
+            body = request.body
+            if len(body) > self._max_bytes:
+                return self._done(
+                    request, method, "malformedRequest", started, _ERRORS[_MALFORMED, 413]
+                )
+            answer = self._lookup(body)
+            if answer is not None:
+                return self._served(request, method, answer, started)
+            return self._answer(request, method, body, started)
+        return self._done(request, "other", "rejected", started, _NOT_OCSP)
 
-        answer = self._lookup(body)
+    async def _answer(
+        self,
+        request: HttpRequest,
+        method: str,
+        body: bytes,
+        started: float,
+        alias: str | None = None,
+    ) -> HttpReply:
         try:
-            if answer is None:
-                answer = await self._source.response(parse_request(body))
+            answer = await self._source.response(parse_request(body))
+            if alias is not None:
+                self._alias(alias, body)
         except MalformedRequest:
-            return self._error(ResponseStatus.malformedRequest), "malformedRequest"
+            return self._done(
+                request, method, "malformedRequest", started, _ERRORS[_MALFORMED, 200]
+            )
         except Unauthorized:
-            return self._error(ResponseStatus.unauthorized), "unauthorized"
+            return self._done(
+                request, method, "unauthorized", started, _ERRORS[ResponseStatus.unauthorized, 200]
+            )
         except Unavailable as e:
             self._log.warning("answered tryLater", extra={"error": str(e)})
-            return self._error(ResponseStatus.tryLater), "tryLater"
+            return self._done(
+                request, method, "tryLater", started, _ERRORS[ResponseStatus.tryLater, 200]
+            )
         except Exception:
             # The last resort: an RFC 6960 status, never a traceback page (and log it).
             self._log.exception("internal error answering an OCSP request")
-            return self._error(ResponseStatus.internalError), "internalError"
+            return self._done(
+                request,
+                method,
+                "internalError",
+                started,
+                _ERRORS[ResponseStatus.internalError, 200],
+            )
+        return self._served(request, method, answer, started)
+
+    def _served(
+        self, request: HttpRequest, method: str, answer: Response, started: float
+    ) -> HttpReply:
         for status in answer.statuses:
             self._answered[status].inc()
         if not answer.cacheable:
-            return self._no_cache(
-                web.Response(body=answer.der, content_type=OCSP_RESPONSE)
-            ), "successful"
-        headers = self._cache_headers(answer)
-        if request.method == "GET" and answer.etag in request.headers.get("If-None-Match", ""):
-            return web.Response(status=304, headers=headers), "not_modified"
-        return web.Response(
-            body=answer.der, content_type=OCSP_RESPONSE, headers=headers
-        ), "successful"
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        """Up to max_request_bytes + 1 bytes: enough to tell an oversized body, never more.
-        A body arrives in as many pieces as the network delivers, so read until the end."""
-        body = bytearray()
-        while len(body) <= self._max_bytes:
-            chunk = await request.content.read(self._max_bytes + 1 - len(body))
-            if not chunk:
-                break
-            body += chunk
-        return bytes(body)
-
-    def _cache_headers(self, answer: Response) -> dict[str, str]:
+            reply = HttpReply(200, _CONTENT_TYPE + _NO_CACHE, answer.der)
+            return self._done(request, method, "successful", started, reply)
         # RFC 5019 6.2: max-age up to nextUpdate, capped so caches ask again well before.
         remaining = int((answer.next_update - self._clock()).total_seconds())
-        max_age = max(0, min(remaining, self._max_age))
-        headers = dict(answer.cache_headers)
-        headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
-        return headers
-
-    def _error(self, status: ResponseStatus, http_status: int = 200) -> web.Response:
-        return self._no_cache(
-            web.Response(
-                status=http_status, body=error_response(status), content_type=OCSP_RESPONSE
-            )
+        cache_control = b"Cache-Control: max-age=%d, public, no-transform, must-revalidate\r\n" % (
+            max(0, min(remaining, self._max_age))
         )
+        if method == "GET" and answer.etag in request.headers.get("if-none-match", ""):
+            reply = HttpReply(304, cache_control + answer.header_lines)
+            return self._done(request, method, "not_modified", started, reply)
+        reply = HttpReply(200, _CONTENT_TYPE + cache_control + answer.header_lines, answer.der)
+        return self._done(request, method, "successful", started, reply)
 
-    @staticmethod
-    def _no_cache(response: web.Response) -> web.Response:
-        response.headers["Cache-Control"] = "no-cache, no-store"
-        return response
+    def _done(
+        self, request: HttpRequest, method: str, outcome: str, started: float, reply: HttpReply
+    ) -> HttpReply:
+        self._counted[method, outcome].inc()
+        elapsed = time.perf_counter() - started
+        self._timed[method].observe(elapsed)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                "request",
+                extra={
+                    "method": method,
+                    "outcome": outcome,
+                    "remote": request.remote,
+                    "ms": round(elapsed * 1000, 3),
+                },
+            )
+        return reply
+
+
+_MALFORMED = ResponseStatus.malformedRequest

@@ -1,7 +1,7 @@
 """`ocspd serve`: a supervisor process and N worker processes sharing the port.
 
-Each worker runs the aiohttp app on uvloop and binds the listener with SO_REUSEPORT, so the
-kernel spreads connections. The supervisor serves /metrics on the admin listener (Prometheus
+Each worker runs the responder (ocspd.app) behind ocspd.httpserver on uvloop and binds the
+listener with SO_REUSEPORT, so the kernel spreads connections. The supervisor serves /metrics on the admin listener (Prometheus
 multiprocess mode adds up the workers), replaces a worker that dies, and on SIGTERM drains:
 workers report 503 on /readyz for `drain_seconds`, finish in-flight requests, then exit.
 """
@@ -50,29 +50,40 @@ def run_worker(config: Config, index: int, ready: Queue[tuple[int, str | None]])
 async def _worker(config: Config, index: int, ready: Queue[tuple[int, str | None]]) -> None:
     from prometheus_client import CollectorRegistry
 
-    from ocspd.app import READINESS, build_app
+    from ocspd.app import open_responder
+    from ocspd.httpserver import HttpServer, Limits
 
     log = setup_logging(config.responder.log_level)
-    app = build_app(config, CollectorRegistry(), log)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10.0)
-    try:
-        await runner.setup()
-    except OSError as e:  # a database that cannot be reached, most often
-        raise OcspdError(f"worker {index} could not start: {e}") from e
-    host, port = config.responder.listen
-    site = web.TCPSite(runner, host, port, reuse_port=True, backlog=2048)
-    await site.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    ready.put((index, None))
-    log.info(
-        "worker serving", extra={"worker": index, "pid": os.getpid(), "listen": f"{host}:{port}"}
-    )
-    await stop.wait()
-    app[READINESS].draining = True
-    log.info("draining", extra={"worker": index, "seconds": config.responder.drain_seconds})
-    await asyncio.sleep(config.responder.drain_seconds)
-    await runner.cleanup()
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            responder = await stack.enter_async_context(
+                open_responder(config, CollectorRegistry(), log)
+            )
+        except OSError as e:  # a database that cannot be reached, most often
+            raise OcspdError(f"worker {index} could not start: {e}") from e
+        handler = responder.handler
+        server = HttpServer(
+            handler,
+            log,
+            Limits(max_body=config.responder.max_request_bytes),
+            refusal=handler.refusal,
+        )
+        host, port = config.responder.listen
+        await server.listen(host, port)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        ready.put((index, None))
+        log.info(
+            "worker serving",
+            extra={"worker": index, "pid": os.getpid(), "listen": f"{host}:{port}"},
+        )
+        await stop.wait()
+        # Load balancers see 503 on /readyz and stop sending; requests still arriving are
+        # answered until drain_seconds is over, then in-flight ones finish.
+        responder.readiness.draining = True
+        log.info("draining", extra={"worker": index, "seconds": config.responder.drain_seconds})
+        await asyncio.sleep(config.responder.drain_seconds)
+        await server.close(timeout=10.0)
 
 
 class Supervisor:

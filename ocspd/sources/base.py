@@ -40,6 +40,11 @@ class Response:
             "ETag": self.etag,
         }
 
+    @cached_property
+    def header_lines(self) -> bytes:
+        """cache_headers, encoded as HTTP header lines once per response."""
+        return "".join(f"{k}: {v}\r\n" for k, v in self.cache_headers.items()).encode("latin-1")
+
 
 class Source(Protocol):
     async def response(self, request: OcspRequest) -> Response:

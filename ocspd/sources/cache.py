@@ -49,8 +49,8 @@ class CacheSource:
         self._keys: dict[Changed, set[bytes]] = {}
         self._epoch = 0
         self._pending: dict[bytes, asyncio.Future[Response]] = {}
-        # Request DER -> CertID key, for lookup_request.
-        self._by_request: OrderedDict[bytes, bytes] = OrderedDict()
+        # Request DER (or a GET path that decodes to it) -> CertID key, for lookup_request.
+        self._by_request: OrderedDict[bytes | str, bytes] = OrderedDict()
 
     async def response(self, request: OcspRequest) -> Response:
         if len(request.cert_ids) != 1:
@@ -94,7 +94,7 @@ class CacheSource:
         finally:
             del self._pending[key]
 
-    def lookup_request(self, body: bytes) -> Response | None:
+    def lookup_request(self, body: bytes | str) -> Response | None:
         """The cached answer to exactly these request bytes, without parsing them again.
 
         Clients repeat byte-identical requests (no nonce), so the HTTP edge tries this before
@@ -114,7 +114,14 @@ class CacheSource:
             return cached
         return None
 
-    def _remember(self, body: bytes, key: bytes) -> None:
+    def alias_request(self, alias: str, body: bytes) -> None:
+        """Makes a GET path known as another spelling of request `body`, so a repeated GET is
+        answered without decoding its base64 again. Does nothing for unknown bodies."""
+        key = self._by_request.get(body)
+        if key is not None:
+            self._remember(alias, key)
+
+    def _remember(self, body: bytes | str, key: bytes) -> None:
         if body in self._by_request:
             return
         self._by_request[body] = key

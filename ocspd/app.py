@@ -107,6 +107,7 @@ async def open_responder(
         tasks = [
             asyncio.create_task(feed.run()),
             asyncio.create_task(_gauges(metrics, pool, issuers, cache, feed, clock)),
+            asyncio.create_task(_flush_metrics(metrics)),
         ]
         try:
             yield Responder(handler, readiness)
@@ -114,6 +115,7 @@ async def open_responder(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            metrics.flush()  # what was counted since the last flush
 
 
 async def _create_pool(config: Config) -> asyncpg.Pool:
@@ -159,6 +161,13 @@ async def _load_issuers(
     if not served:
         log.warning("no issuers in the status database: every request will get unauthorized")
     return IssuerTable(served)
+
+
+async def _flush_metrics(metrics: ResponderMetrics) -> None:
+    """Hot-path counters are tallied in memory (ocspd.metrics.Tally); publish them."""
+    while True:
+        await asyncio.sleep(1.0)
+        metrics.flush()
 
 
 async def _gauges(

@@ -7,13 +7,71 @@ by `ocspd serve`) aggregates what each worker records.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+class Tally:
+    """A counter counted in a plain int and added to its Prometheus child by `flush`.
+
+    In multiprocess mode every inc() writes a memory-mapped file under a lock, which costs
+    more than answering a cached request; the hot path counts here instead, and the worker
+    flushes once a second (so /metrics lags by at most that).
+    """
+
+    __slots__ = ("_child", "value")
+
+    def __init__(self, child: Counter) -> None:
+        self._child = child
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def flush(self) -> None:
+        if self.value:
+            self._child.inc(self.value)
+            self.value = 0
+
+
+class TallyHistogram:
+    """A histogram child observed into plain numbers, flushed like Tally.
+
+    Adds to the child's bucket and sum values directly, which prometheus_client does not
+    offer as API; tests/test_metrics.py checks the exposition against Histogram.observe.
+    """
+
+    __slots__ = ("_bounds", "_child", "_counts", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child: Any = child
+        self._bounds: tuple[float, ...] = tuple(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self._sum += amount
+        # The first bucket whose upper bound is >= amount, as Histogram.observe picks it.
+        self._counts[bisect_left(self._bounds, amount)] += 1
+
+    def flush(self) -> None:
+        if self._sum or any(self._counts):
+            self._child._sum.inc(self._sum)
+            for bucket, count in zip(self._child._buckets, self._counts, strict=True):
+                if count:
+                    bucket.inc(count)
+            self._sum = 0.0
+            self._counts = [0] * len(self._bounds)
+
+
 class ResponderMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._flushes: list[Callable[[], None]] = []
         self.requests = Counter(
             "ocspd_requests_total",
             "OCSP requests by HTTP method and outcome (an RFC 6960 response status, or not_modified).",
@@ -99,3 +157,23 @@ class ResponderMetrics:
             registry=registry,
             multiprocess_mode="max",
         )
+
+    def tally(self, child: Counter) -> Tally:
+        """A Tally for a counter (or label child) that is flushed with the others."""
+        tally = Tally(child)
+        self._flushes.append(tally.flush)
+        return tally
+
+    def tally_histogram(self, child: Histogram) -> TallyHistogram:
+        tally = TallyHistogram(child)
+        self._flushes.append(tally.flush)
+        return tally
+
+    def on_flush(self, update: Callable[[], None]) -> None:
+        """Runs `update` at every flush: for gauges that are cheaper to read than to track."""
+        self._flushes.append(update)
+
+    def flush(self) -> None:
+        """Adds what the tallies counted since the last flush to the Prometheus metrics."""
+        for flush in self._flushes:
+            flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -57,8 +58,15 @@ class Responder:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def metrics(self) -> str:
-        return http_get(f"http://127.0.0.1:{self.admin_port}/metrics")[2].decode()
+    def metrics(self, wait_for: str | None = None, timeout: float = 5.0) -> str:
+        """The admin /metrics text; with `wait_for` (a regular expression), polled until it
+        matches (workers publish their request counters once a second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = http_get(f"http://127.0.0.1:{self.admin_port}/metrics")[2].decode()
+            if wait_for is None or re.search(wait_for, text) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.1)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:

@@ -368,7 +368,9 @@ def test_health_and_metrics(served: Served) -> None:
     assert http_get(served.responder.url + "healthz")[0] == 200
     assert http_get(served.responder.url + "readyz")[0] == 200
     http_post(served.responder.url, _request(served, _load(served.good)))
-    text = served.responder.metrics()
+    text = served.responder.metrics(
+        wait_for=r'ocspd_requests_total\{method="POST",outcome="successful"\} [1-9]'
+    )
     for name in (
         "ocspd_requests_total",
         "ocspd_request_duration_seconds_bucket",
@@ -482,6 +484,6 @@ def test_body_in_pieces_and_rejections_counted(served: Served) -> None:
         urllib.request.urlopen(
             urllib.request.Request(served.responder.url, method="DELETE"), timeout=5
         )
-    text = served.responder.metrics()
+    text = served.responder.metrics(wait_for=r'\{method="other",outcome="rejected"\} [1-9]')
     assert 'ocspd_requests_total{method="other",outcome="rejected"}' in text
     assert 'outcome="internalError"} 1' not in text

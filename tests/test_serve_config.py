@@ -106,7 +106,7 @@ def test_a_fleet_signs_each_response_once(
         while not ocspd.sql("SELECT 1 FROM ocsp_responses") and time.monotonic() < deadline:
             time.sleep(0.05)
         b = http_post(second.url, _request(pki, cert))[2]
-        metrics = second.metrics()
+        metrics = second.metrics(wait_for=r'ocspd_stored_responses_total\{result="hit"\} 1\.0')
     finally:
         first.stop()
         second.stop()

@@ -41,9 +41,9 @@ class CacheSource:
         self._refresh_after = refresh_after
         self._max_entries = max_entries
         self._nonce = nonce
-        self._hit = metrics.cache.labels("hit")
-        self._stale = metrics.cache.labels("stale")
-        self._miss = metrics.cache.labels("miss")
+        self._hit = metrics.tally(metrics.cache.labels("hit"))
+        self._stale = metrics.tally(metrics.cache.labels("stale"))
+        self._miss = metrics.tally(metrics.cache.labels("miss"))
         self._entries: OrderedDict[bytes, tuple[Response, Changed]] = OrderedDict()
         # (issuer_id, serial) -> CertID DERs cached for it (one per hash algorithm used).
         self._keys: dict[Changed, set[bytes]] = {}

@@ -38,6 +38,8 @@ class SigningLimiter:
         self._max_waiters = waiters
         self._waiting = 0
         self._metrics = metrics
+        self.in_flight = 0
+        metrics.on_flush(lambda: metrics.signing_in_flight.set(self.in_flight))
 
     async def __aenter__(self) -> None:
         if self._semaphore.locked():
@@ -51,10 +53,10 @@ class SigningLimiter:
                 self._waiting -= 1
         else:
             await self._semaphore.acquire()
-        self._metrics.signing_in_flight.inc()
+        self.in_flight += 1
 
     async def __aexit__(self, *exc: object) -> None:
-        self._metrics.signing_in_flight.dec()
+        self.in_flight -= 1
         self._semaphore.release()
 
 
@@ -96,6 +98,9 @@ class LiveSource:
         self._metrics = metrics
         self._log = log
         self._limiter = SigningLimiter(config.max_signing, config.max_signing_waiters, metrics)
+        self._signing_latency = metrics.tally_histogram(metrics.signing_latency)
+        self._stored_hit = metrics.tally(metrics.stored.labels("hit"))
+        self._stored_miss = metrics.tally(metrics.stored.labels("miss"))
         self._background: set[asyncio.Task[None]] = set()
         # Cleared when the store refuses writes (a read-only replica): responses are then
         # kept in memory only.
@@ -127,11 +132,11 @@ class LiveSource:
                 if epoch == self._epoch:
                     self._remember(memo, row)
                 if stored is not None and request.nonce is None and self._fresh(stored, now):
-                    self._metrics.stored.labels("hit").inc()
+                    self._stored_hit.inc()
                     return Response(
                         stored.der, stored.this_update, stored.next_update, (_status(row),)
                     )
-                self._metrics.stored.labels("miss").inc()
+                self._stored_miss.inc()
                 rows = {cert_id.serial: row} if row else {}
             else:
                 rows = await self._store.lookup_many(
@@ -186,7 +191,7 @@ class LiveSource:
                 self.signer_failing = True
                 raise Unavailable(f"signer for {issuer.name}: {e}") from e
             self.signer_failing = False
-        self._metrics.signing_latency.observe(time.perf_counter() - started)
+        self._signing_latency.observe(time.perf_counter() - started)
         return Response(
             der, now, next_update, tuple(a.status for a in answers), cacheable=request.nonce is None
         )

@@ -20,7 +20,7 @@ from ocspd.crlfiles import CrlFiles
 from ocspd.errors import Unauthorized, Unavailable
 from ocspd.httpserver import Answer, HttpReply, HttpRequest, text_reply
 from ocspd.metrics import ResponderMetrics
-from ocspd.protocol.request import MalformedRequest, decode_get_path, parse_request
+from ocspd.protocol.request import MalformedRequest, RequestParser, decode_get_path
 from ocspd.protocol.response import AnswerStatus, ResponseStatus, error_response
 from ocspd.sources.base import Response, Source
 
@@ -88,6 +88,7 @@ class OcspHandler:
         # parsing them (see CacheSource.lookup_request and alias_request).
         self._lookup = lookup
         self._alias = alias
+        self._parse = RequestParser().parse
         self._crls = crls
         self._prefix = config.path
         self._max_bytes = config.max_request_bytes
@@ -181,7 +182,7 @@ class OcspHandler:
         alias: str | None = None,
     ) -> HttpReply:
         try:
-            answer = await self._source.response(parse_request(body))
+            answer = await self._source.response(self._parse(body))
             if alias is not None:
                 self._alias(alias, body)
         except MalformedRequest:

@@ -558,3 +558,53 @@ def test_get_path_forms(awkward: tuple[bytes, str]) -> None:
 def test_get_path_refused(tail: str) -> None:
     with pytest.raises(MalformedRequest):
         parse_request(decode_get_path(tail))
+
+
+# --- RequestParser: remembered shapes of nonce requests ------------------------------------
+
+
+def test_request_parser_answers_like_parse_request_for_any_nonce() -> None:
+    from ocspd.protocol.request import RequestParser
+
+    parser = RequestParser()
+    rng = random.Random(5)
+    first = request(cert_id(b"\x05"), extensions=(nonce_extension(b"a" * 32),))
+    assert parser.parse(first) == parse_request(first)
+    for _ in range(200):
+        # Any octets as the nonce, the same length: the shape is reused and must agree.
+        nonce = rng.randbytes(32)
+        der = request(cert_id(b"\x05"), extensions=(nonce_extension(nonce),))
+        parsed = parser.parse(der)
+        assert parsed == parse_request(der)
+        assert parsed.nonce == tlv(0x04, nonce) and parsed.der == der
+    # Another length, another serial, a bare nonce: parsed in full, still agree.
+    for der in (
+        request(cert_id(b"\x05"), extensions=(nonce_extension(b"b" * 16),)),
+        request(cert_id(b"\x06"), extensions=(nonce_extension(b"c" * 32),)),
+        request(cert_id(b"\x05"), extensions=(extension(NONCE_OID, b"d" * 32),)),
+    ):
+        assert parser.parse(der) == parse_request(der)
+        assert parser.parse(der[:-1] + b"Z") == parse_request(der[:-1] + b"Z")
+
+
+def test_request_parser_never_reuses_a_shape_for_different_bytes() -> None:
+    from ocspd.protocol.request import RequestParser
+
+    parser = RequestParser()
+    nonce_last = request(cert_id(b"\x05"), extensions=(nonce_extension(b"a" * 32),))
+    parser.parse(nonce_last)
+    # Same length, a byte changed before the nonce (the serial): parsed in full.
+    other = nonce_last.replace(b"\x02\x01\x05", b"\x02\x01\x07")
+    assert len(other) == len(nonce_last)
+    assert parser.parse(other).cert_ids[0].serial == 7
+    # A nonce that is not the last extension: its shape is not remembered, nor misread.
+    critical = extension(b"\x06\x03\x2a\x03\x04", b"x", critical=True)
+    with pytest.raises(MalformedRequest, match="critical"):
+        parser.parse(request(extensions=(nonce_extension(b"n" * 32), critical)))
+    with pytest.raises(MalformedRequest, match="critical"):
+        parser.parse(request(extensions=(nonce_extension(b"m" * 32), critical)))
+    # Malformed input is refused as parse_request refuses it.
+    with pytest.raises(MalformedRequest):
+        parser.parse(nonce_last[:-40])
+    with pytest.raises(MalformedRequest):
+        parser.parse(b"")

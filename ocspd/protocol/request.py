@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ __all__ = [
     "HashAlgorithm",
     "MalformedRequest",
     "OcspRequest",
+    "RequestParser",
     "UnsupportedHashAlgorithm",
     "decode_get_path",
     "parse_request",
@@ -185,6 +187,61 @@ def parse_request(der: bytes, max_cert_ids: int = DEFAULT_MAX_CERT_IDS) -> OcspR
     if not cert_ids:
         raise MalformedRequest("requestList is empty")
     return OcspRequest(tuple(cert_ids), nonce, data)
+
+
+class RequestParser:
+    """parse_request, remembering the shapes of nonce requests.
+
+    Clients that send a nonce send the same bytes each time but for the nonce, and most put
+    the nonce extension last, so the request ends with the nonce octets. Every byte before
+    them (lengths included) then determines the parse: another request with those same bytes
+    and a nonce of the same length at the end parses to the same CertIDs, whatever the nonce
+    octets are. Such a request is answered from the remembered parse without reading its DER
+    again; anything else is parsed in full (and its shape remembered when it qualifies).
+    """
+
+    # Distinct nonce lengths looked up per request: clients use one or two (16, 32 octets).
+    MAX_LENGTHS = 4
+
+    def __init__(self, max_shapes: int = 10_000, max_cert_ids: int = DEFAULT_MAX_CERT_IDS):
+        self._max_shapes = max_shapes
+        self._max_cert_ids = max_cert_ids
+        # nonce payload length -> (request bytes before the payload -> (CertIDs, len(nonce)))
+        self._shapes: dict[int, OrderedDict[bytes, tuple[tuple[CertId, ...], int]]] = {}
+
+    def parse(self, data: bytes) -> OcspRequest:
+        for length, shapes in self._shapes.items():
+            shape = shapes.get(data[:-length])
+            if shape is not None and len(data) > length:
+                cert_ids, nonce_length = shape
+                return OcspRequest(cert_ids, data[-nonce_length:], data)
+        request = parse_request(data, self._max_cert_ids)
+        if request.nonce is not None and self._max_shapes > 0 and data.endswith(request.nonce):
+            self._remember(request)
+        return request
+
+    def _remember(self, request: OcspRequest) -> None:
+        assert request.nonce is not None
+        # The varying part: the nonce inside its OCTET STRING, or the bare extnValue contents.
+        payload = len(request.nonce)
+        if request.nonce[:1] == b"\x04":
+            try:
+                inner = read_element(request.nonce, 0, len(request.nonce))
+            except MalformedRequest:
+                pass
+            else:
+                if inner.end == len(request.nonce):
+                    payload = inner.end - inner.body
+        if payload < 1:
+            return
+        shapes = self._shapes.get(payload)
+        if shapes is None:
+            if len(self._shapes) >= self.MAX_LENGTHS:
+                return
+            shapes = self._shapes[payload] = OrderedDict()
+        shapes[request.der[:-payload]] = (request.cert_ids, len(request.nonce))
+        if len(shapes) > self._max_shapes:
+            shapes.popitem(last=False)
 
 
 def _only_child(data: bytes, parent: Element, tag: int, what: str) -> Element:

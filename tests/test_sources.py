@@ -293,3 +293,55 @@ async def test_nonce_requests_reuse_a_current_status(
     await live.response(_req(cas[0], 31))  # without a nonce the stored-response lookup runs
     assert store.lookups == 4
     await live.close()
+
+
+async def test_nonce_responses_in_one_second_share_their_encoded_answers(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    """The per-second memo of encoded answers: same bytes but for nonce and signature, and a
+    status change (another row) or another second encodes afresh."""
+    import logging
+
+    from cryptography.x509 import ocsp
+
+    from ocspd.config import ResponderConfig
+    from ocspd.model import CertStatus, Reason
+    from ocspd.sources.live import LiveSource
+    from ocspd.store.status import StatusRow
+
+    class Store(FakeStore):
+        row = StatusRow(31, CertStatus.GOOD, None, None, START + dt.timedelta(days=90), 1)
+
+        async def lookup_one(self, issuer_id: int, serial: int, cert_id_der: bytes):  # type: ignore[no-untyped-def]
+            return self.row, None
+
+    clock = Clock()
+    store = Store()
+    live = LiveSource(
+        store,  # type: ignore[arg-type]
+        table, ResponderConfig(), clock, ResponderMetrics(CollectorRegistry()),
+        logging.getLogger("test"),
+    )  # fmt: skip
+
+    async def answer(nonce: bytes) -> ocsp.OCSPResponse:
+        response = await live.response(_req(cas[0], 31, nonce=b"\x04\x02" + nonce))
+        return ocsp.load_der_ocsp_response(response.der)
+
+    a, b = await answer(b"n1"), await answer(b"n2")
+    assert a.tbs_response_bytes != b.tbs_response_bytes  # the nonces differ
+    assert a.tbs_response_bytes.replace(b"n1", b"n2") == b.tbs_response_bytes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    assert b.signature_hash_algorithm is not None
+    key = cas[0].cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    key.verify(b.signature, b.tbs_response_bytes, ec.ECDSA(b.signature_hash_algorithm))
+    revoked_at = START - dt.timedelta(hours=1)
+    store.row = StatusRow(31, CertStatus.REVOKED, revoked_at, Reason.keyCompromise, START, 2)
+    c = await answer(b"n3")
+    assert c.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    clock.now += dt.timedelta(seconds=1)
+    d = await answer(b"n4")
+    assert d.this_update_utc == START + dt.timedelta(seconds=1)
+    assert d.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    await live.close()

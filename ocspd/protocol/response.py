@@ -196,27 +196,49 @@ def _single_response(answer: SingleAnswer) -> bytes:
     )
 
 
+@dataclass(frozen=True)
+class ResponseBody:
+    """ResponseData without its nonce: the same bytes for every nonce signed in one second,
+    so a responder signing many nonce requests for one certificate encodes it once."""
+
+    fields: bytes  # responderID, producedAt, responses
+    extended_revoke: bool  # a never-issued answer: the extension goes with it (2.2)
+
+    @classmethod
+    def encode(
+        cls, answers: Sequence[SingleAnswer], identity: ResponderIdentity, produced_at: dt.datetime
+    ) -> ResponseBody:
+        if not answers:
+            raise ValueError("a response needs at least one answer")
+        return cls(
+            # version v1 is the DEFAULT, so DER omits it.
+            identity.responder_id
+            + _generalized_time(produced_at)
+            + der.tlv(der.SEQUENCE, b"".join(_single_response(a) for a in answers)),
+            any(a.never_issued for a in answers),
+        )
+
+
 def encode_response_data(
-    answers: Sequence[SingleAnswer],
+    answers: Sequence[SingleAnswer] | ResponseBody,
     identity: ResponderIdentity,
     produced_at: dt.datetime,
     nonce: bytes | None = None,
 ) -> bytes:
-    """The DER of ResponseData (tbsResponseData), the bytes the signature covers."""
-    if not answers:
-        raise ValueError("a response needs at least one answer")
+    """The DER of ResponseData (tbsResponseData), the bytes the signature covers. `answers`
+    may come pre-encoded (ResponseBody.encode with the same identity and produced_at)."""
+    encoded = (
+        answers
+        if isinstance(answers, ResponseBody)
+        else ResponseBody.encode(answers, identity, produced_at)
+    )
     extensions = b""
     if nonce is not None:
         # The request's extnValue contents, unchanged (4.4.1).
         extensions += der.tlv(der.SEQUENCE, _NONCE_OID + der.tlv(der.OCTET_STRING, nonce))
-    if any(a.never_issued for a in answers):
+    if encoded.extended_revoke:
         extensions += _EXTENDED_REVOKE  # required with a never-issued answer (2.2)
-    body = (
-        # version v1 is the DEFAULT, so DER omits it.
-        identity.responder_id
-        + _generalized_time(produced_at)
-        + der.tlv(der.SEQUENCE, b"".join(_single_response(a) for a in answers))
-    )
+    body = encoded.fields
     if extensions:
         body += der.tlv(der.context(1), der.tlv(der.SEQUENCE, extensions))
     return der.tlv(der.SEQUENCE, body)
@@ -241,7 +263,7 @@ def encode_signed_response(
 
 
 async def build_response(
-    answers: Sequence[SingleAnswer],
+    answers: Sequence[SingleAnswer] | ResponseBody,
     identity: ResponderIdentity,
     signer: Signer,
     produced_at: dt.datetime,

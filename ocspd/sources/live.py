@@ -20,7 +20,7 @@ from ocspd.errors import SigningKeyError, TryLater, Unavailable
 from ocspd.metrics import ResponderMetrics
 from ocspd.model import CertStatus, Reason
 from ocspd.protocol.request import CertId, OcspRequest
-from ocspd.protocol.response import AnswerStatus, SingleAnswer, build_response
+from ocspd.protocol.response import AnswerStatus, ResponseBody, SingleAnswer, build_response
 from ocspd.sources.base import Response
 from ocspd.sources.issuers import IssuerTable, ServedIssuer
 from ocspd.store.feed import Changed
@@ -115,6 +115,14 @@ class LiveSource:
         self._max_rows = config.cache_entries
         self._status_current = status_current
         self._epoch = 0
+        # Encoded answers for this second: thisUpdate and producedAt have whole-second
+        # precision, so within a second the nonce responses for one certificate differ only
+        # in their nonce. Keyed by CertID and status row, dropped when the second changes.
+        self._bodies: dict[
+            tuple[bytes, StatusRow | None], tuple[ResponseBody, tuple[AnswerStatus, ...]]
+        ] = {}
+        self._bodies_at: dt.datetime | None = None
+        self._max_bodies = 10_000
 
     async def response(self, request: OcspRequest) -> Response:
         issuer = self._issuers.find(request.cert_ids[0])
@@ -178,23 +186,46 @@ class LiveSource:
             # RS2.3: producedAt is the signing time; thisUpdate the time the status was read.
             now = self._clock().replace(microsecond=0)
             next_update = now + self._config.response_lifetime
-            answers = [
-                _answer(c, rows.get(c.serial), self._config.unknown_serials, now, next_update)
-                for c in request.cert_ids
-            ]
+            body, statuses = self._body(issuer, request, rows, now, next_update)
             try:
-                der = await build_response(
-                    answers, issuer.identity, issuer.signer, now, request.nonce
-                )
+                der = await build_response(body, issuer.identity, issuer.signer, now, request.nonce)
             except SigningKeyError as e:
                 # A token that went away: tryLater for this client, not ready for the balancer.
                 self.signer_failing = True
                 raise Unavailable(f"signer for {issuer.name}: {e}") from e
             self.signer_failing = False
         self._signing_latency.observe(time.perf_counter() - started)
-        return Response(
-            der, now, next_update, tuple(a.status for a in answers), cacheable=request.nonce is None
+        return Response(der, now, next_update, statuses, cacheable=request.nonce is None)
+
+    def _body(
+        self,
+        issuer: ServedIssuer,
+        request: OcspRequest,
+        rows: dict[int, StatusRow],
+        now: dt.datetime,
+        next_update: dt.datetime,
+    ) -> tuple[ResponseBody, tuple[AnswerStatus, ...]]:
+        key = None
+        if len(request.cert_ids) == 1:
+            if now != self._bodies_at:
+                self._bodies.clear()
+                self._bodies_at = now
+            cert_id = request.cert_ids[0]
+            key = (cert_id.der, rows.get(cert_id.serial))
+            known = self._bodies.get(key)
+            if known is not None:
+                return known
+        answers = [
+            _answer(c, rows.get(c.serial), self._config.unknown_serials, now, next_update)
+            for c in request.cert_ids
+        ]
+        encoded = (
+            ResponseBody.encode(answers, issuer.identity, now),
+            tuple(a.status for a in answers),
         )
+        if key is not None and len(self._bodies) < self._max_bodies:
+            self._bodies[key] = encoded
+        return encoded
 
     def _store_later(
         self, issuer: ServedIssuer, cert_id: CertId, row: StatusRow, response: Response

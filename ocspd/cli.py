@@ -15,21 +15,24 @@ import datetime as dt
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import asyncpg
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from tqdm import tqdm
 
-from ocspd import __version__
+from ocspd import __version__, cli_controls
+from ocspd.audit.chain import JsonValue
 from ocspd.certfiles import issued_by, parse_openssl_index, read_certificates, read_one_certificate
+
+# OneLineParser is re-exported: crlgen's command line uses it too.
+from ocspd.clikit import OneLineParser as OneLineParser
+from ocspd.clikit import iso_time, manager, print_record, print_table, reader
+from ocspd.clikit import now as _now
 from ocspd.config import ENV_OVERRIDES, Config, load_config, parse_listen
 from ocspd.errors import InvalidInput, OcspdError
 from ocspd.model import (
     REVOCATION_REASONS,
-    CertRecord,
-    CertStatus,
     Reason,
     check_issuer_name,
     format_serial,
@@ -39,33 +42,13 @@ from ocspd.signing.keys import KeyOpener, describe_keyref
 from ocspd.store import certificates, issuers
 from ocspd.store.certificates import Action, CertRow, StatusChange
 from ocspd.store.db import Role, connect, describe_error
+from ocspd.store.keycerts import key_use_of
 from ocspd.store.migrate import migrate
 
 Command = Callable[[argparse.Namespace, Config], Awaitable[int]]
 
 # Clock skew tolerated on operator-given times before they count as "in the future".
 FUTURE_SKEW = dt.timedelta(minutes=5)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line, pointing at --help."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _iso_time(text: str) -> dt.datetime:
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-21T10:00:00Z)"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _serial(text: str) -> int:
@@ -137,13 +120,10 @@ async def cmd_issuer_add(args: argparse.Namespace, config: Config) -> int:
                 )
             signer = await keys.open(args.ca_key, ca_cert)
             signer.close()
-    conn = await connect(config.require_database_url(), Role.OPERATOR)
-    try:
-        issuer = await issuers.add_issuer(
-            conn, args.name, ca_cert, responder_cert, args.responder_key, args.ca_key
+    async with manager(config) as m:
+        issuer = await m.add_issuer(
+            args.name, ca_cert, responder_cert, args.responder_key, args.ca_key
         )
-    finally:
-        await conn.close()
     who = "a delegated responder certificate" if issuer.delegated else "the CA key itself"
     print(
         f"added issuer {issuer.name}: {ca_cert.subject.rfc4514_string()}; responses signed by {who}"
@@ -186,11 +166,8 @@ def _require_delegated_responder(
 
 
 async def cmd_issuer_list(args: argparse.Namespace, config: Config) -> int:
-    conn = await connect(config.require_database_url(), Role.OPERATOR)
-    try:
+    async with reader(config) as conn:
         found = await issuers.list_issuers(conn)
-    finally:
-        await conn.close()
     if not found:
         print(
             "no issuers; add one with: ocspd issuer add NAME --ca-cert FILE --responder-key KEYREF"
@@ -208,14 +185,8 @@ async def cmd_issuer_list(args: argparse.Namespace, config: Config) -> int:
                 str(i.certificate_count),
             )
         )
-    _print_table(rows)
+    print_table(rows)
     return 0
-
-
-def _print_table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 # --- cert import -------------------------------------------------------------------------
@@ -223,17 +194,29 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 
 async def cmd_cert_import(args: argparse.Namespace, config: Config) -> int:
     received_at = _now()
-    conn = await connect(config.require_database_url(), Role.OPERATOR)
-    try:
-        issuer = await issuers.get_issuer(conn, args.issuer)
+    bars: list[tqdm] = []
+
+    def load(issuer: issuers.Issuer) -> list[CertRow]:
         if args.openssl_index:
             rows = _rows_from_index(args.openssl_index)
         else:
             rows = _rows_from_files(args.files, issuer)
-        with _progress(len(rows), "storing") as bar:
-            result = await certificates.import_rows(conn, issuer, rows, received_at, bar.update)
+        bars.append(_progress(len(rows), "storing"))
+        return rows
+
+    source: dict[str, JsonValue] = (
+        {"openssl_index": str(args.openssl_index)}
+        if args.openssl_index
+        else {"files": [str(f) for f in args.files]}
+    )
+    try:
+        async with manager(config) as m:
+            issuer, result = await m.import_certificates(
+                args.issuer, load, received_at, source, lambda n: bars[-1].update(n)
+            )
     finally:
-        await conn.close()
+        for bar in bars:
+            bar.close()
     print(
         f"{issuer.name}: {result.added} added, {result.status_changed} status changes applied, "
         f"{result.unchanged} already present"
@@ -242,6 +225,13 @@ async def cmd_cert_import(args: argparse.Namespace, config: Config) -> int:
         print(
             f"warning: {result.kept} certificates are revoked or held in the database but not in "
             "the import; kept as they are (revocation is final, RM1.3)",
+            file=sys.stderr,
+        )
+    if result.needs_approval:
+        print(
+            f"warning: {result.needs_approval} CA or OCSP responder certificates change status in "
+            "the import; not applied: their status changes need two officers (RM1.4), use "
+            "`ocspd revoke` or `ocspd hold` and `ocspd approve`",
             file=sys.stderr,
         )
     return 0
@@ -262,11 +252,13 @@ def _rows_from_files(files: Sequence[Path], issuer: issuers.Issuer) -> list[Cert
                     f"{path}: certificate {format_serial(cert.serial_number)} "
                     f"({cert.subject.rfc4514_string()}) was not issued by {issuer.name}"
                 )
+            use = key_use_of(cert)
             rows.append(
                 CertRow(
                     serial=cert.serial_number,
                     not_before=cert.not_valid_before_utc,
                     not_after=cert.not_valid_after_utc,
+                    key_use=None if use is None else use.value,
                 )
             )
             bar.update()
@@ -291,13 +283,17 @@ def _rows_from_index(path: Path) -> list[CertRow]:
 
 
 async def _change(args: argparse.Namespace, config: Config, change: StatusChange) -> int:
-    conn = await connect(config.require_database_url(), Role.OPERATOR)
-    try:
-        issuer = await issuers.get_issuer(conn, args.issuer)
-        record = await certificates.change_status(conn, issuer, args.serial, change)
-    finally:
-        await conn.close()
-    _print_record(record)
+    async with manager(config) as m:
+        result = await m.change(args.issuer, args.serial, change)
+    if result.pending:
+        assert result.key_use is not None
+        print(
+            f"request {result.request.id} recorded: to {change.action.value} certificate "
+            f"{format_serial(args.serial)} of {args.issuer}, {result.key_use.title}, a second "
+            f"officer must approve it (RM1.4): ocspd approve {result.request.id}"
+        )
+    else:
+        print_record(result.record)
     return 0
 
 
@@ -325,31 +321,11 @@ async def cmd_release(args: argparse.Namespace, config: Config) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    conn = await connect(config.require_database_url(), Role.OPERATOR)
-    try:
+    async with reader(config) as conn:
         issuer = await issuers.get_issuer(conn, args.issuer)
         record = await certificates.get_record(conn, issuer, args.serial)
-    finally:
-        await conn.close()
-    _print_record(record)
+    print_record(record)
     return 0
-
-
-def _print_record(record: CertRecord) -> None:
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    parts = [
-        f"issuer={record.issuer}",
-        f"serial={format_serial(record.serial)}",
-        f"status={record.status.value}",
-    ]
-    if record.status is not CertStatus.GOOD and record.revoked_at:
-        parts.append(f"revoked_at={record.revoked_at.astimezone(dt.UTC):{fmt}}")
-        if record.reason is not None:
-            parts.append(f"reason={record.reason.name}")
-    if record.invalidity_date:
-        parts.append(f"invalidity_date={record.invalidity_date.astimezone(dt.UTC):{fmt}}")
-    parts.append(f"not_after={record.not_after.astimezone(dt.UTC):{fmt}}")
-    print(" ".join(parts))
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -386,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
             "The status database is a libpq DSN from OCSPD_DATABASE_URL or [database] url in the\n"
             "config file (--config, OCSPD_CONFIG, or /etc/ocspd/ocspd.toml).\n"
             "Environment overrides:\n" + env_help + "\n\n"
+            "Commands run as the login of the DSN, in the role they need: officer (revoke, hold,\n"
+            "release, approve, refuse, cert import), admin (issuer add, role, purge) or auditor\n"
+            "(audit verify, audit search); superusers hold every role. Changes need the audit\n"
+            "MAC key (OCSPD_AUDIT_MAC_KEY): each is recorded in a hash-chained audit trail.\n\n"
             "Key references: file:/path/key.pem (mode 0600) or an RFC 7512 URI such as\n"
             "  pkcs11:token=ca;object=ocsp-2026?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/ocspd/pin"
         ),
@@ -498,7 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
         "revoke",
         parents=[target],
         help="revoke a certificate (final)",
-        description="Revoke a certificate. Revocation is final (RM1.3); use `ocspd hold` to suspend.",
+        description="Revoke a certificate. Revocation is final (RM1.3); use `ocspd hold` to "
+        "suspend. For a CA or OCSP responder certificate this records a request that a second "
+        "officer applies with `ocspd approve ID` (RM1.4); likewise hold and release. Needs the "
+        "officer role; every request, applied or refused, is in the audit trail (RM3.1).",
     )
     p.set_defaults(func=cmd_revoke)
     p.add_argument(
@@ -506,13 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--revoked-at",
-        type=_iso_time,
+        type=iso_time,
         metavar="ISO8601",
         help="revocation time (default: now; UTC if no offset)",
     )
     p.add_argument(
         "--invalidity-date",
-        type=_iso_time,
+        type=iso_time,
         metavar="ISO8601",
         help="when the key is known or suspected to have been compromised",
     )
@@ -537,6 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show a certificate's status as the database holds it.",
     )
     p.set_defaults(func=cmd_status)
+
+    cli_controls.add_commands(commands)
 
     p = commands.add_parser(
         "serve",

@@ -31,6 +31,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "OCSPD_WORKERS": ("responder", "workers"),
     "OCSPD_LOG_LEVEL": ("responder", "log_level"),
     "OCSPD_CRL_DIR": ("crl", "directory"),
+    "OCSPD_AUDIT_MAC_KEY": ("audit", "mac_key"),
 }
 
 _KNOWN: Mapping[str, frozenset[str]] = {
@@ -67,6 +68,7 @@ _KNOWN: Mapping[str, frozenset[str]] = {
             "metrics_listen",
         }
     ),
+    "audit": frozenset({"mac_key"}),
 }
 
 # pkio71: an OCSP response lives at most 10 calendar days, and the service is updated at
@@ -187,11 +189,21 @@ class CrlConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    # The key that MACs the audit trail's hash chain (AA7.1): file:/path (a 0600 file of at
+    # least 32 random bytes as hex, `ocspd audit keygen`) or a pkcs11: URI naming a generic
+    # secret key in an HSM (KM1.1). Commands that change the status database refuse to run
+    # without it: a CA's status changes are always on record.
+    mac_key: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     pkcs11: Pkcs11Config = field(default_factory=Pkcs11Config)
     responder: ResponderConfig = field(default_factory=ResponderConfig)
     crl: CrlConfig = field(default_factory=CrlConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     source: str = "defaults"
 
     def require_database_url(self) -> str:
@@ -201,6 +213,15 @@ class Config:
                 "(e.g. postgresql://ocspd@db.example/ocspd) or [database] url in the config file"
             )
         return self.database.url
+
+    def require_audit_key(self) -> str:
+        if not self.audit.mac_key:
+            raise ConfigError(
+                "no audit MAC key configured; the status database is changed only with a "
+                "tamper-evident record of it (AA7.1): set OCSPD_AUDIT_MAC_KEY or [audit] mac_key to file:/etc/ocspd/audit.key "
+                "(made by `ocspd audit keygen --out FILE`) or a pkcs11: URI"
+            )
+        return self.audit.mac_key
 
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -237,8 +258,18 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         pkcs11=Pkcs11Config(**_strings(data.get("pkcs11", {}), "pkcs11", source)),
         responder=_responder(data.get("responder", {}), source),
         crl=_crl(data.get("crl", {}), source),
+        audit=_audit(data.get("audit", {}), source),
         source=source,
     )
+
+
+def _audit(values: dict[str, Any], source: str) -> AuditConfig:
+    mac_key = _strings(values, "audit", source).get("mac_key", "")
+    if mac_key and not mac_key.startswith(("file:", "pkcs11:")):
+        raise ConfigError(
+            f"{source}: audit.mac_key must be file:/path or a pkcs11: URI, got {mac_key[:40]!r}"
+        )
+    return AuditConfig(mac_key=mac_key)
 
 
 def _crl(values: dict[str, Any], source: str) -> CrlConfig:

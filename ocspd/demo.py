@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ocspd import cli, devpki
+from ocspd.audit.mac import write_key_file
 from ocspd.model import format_serial
 
 DEMO_DIR = Path(".demo")
@@ -75,6 +76,12 @@ def main() -> int:
     pki = DEMO_DIR / "pki"
     url = _database_url()
     os.environ["OCSPD_DATABASE_URL"] = url
+    # Changes are only made on record (AA7.1): a key file for the demo's audit trail.
+    audit_key = (DEMO_DIR / "audit.key").resolve()
+    if not audit_key.exists():
+        DEMO_DIR.mkdir(parents=True, exist_ok=True)
+        write_key_file(audit_key)
+    os.environ.setdefault("OCSPD_AUDIT_MAC_KEY", f"file:{audit_key}")
     fresh = not (pki / "ca.pem").exists()
     if fresh:
         _make_pki(pki)
@@ -125,8 +132,10 @@ The status database is loaded. In another shell, ask the responder:
   curl -s {url_base}crl/{ISSUER}.crl | openssl crl -inform DER -noout -text | head -20
   curl -s {url_base}readyz; curl -s http://127.0.0.1:9090/metrics | grep ocspd_requests_total
 and change a status while it serves (OCSP shows it within a second, the CRL within 30 s):
-  OCSPD_DATABASE_URL='{url}' .venv/bin/ocspd revoke --issuer {ISSUER} \\
-      --serial {_serial(pki / "leaves/www.pem")} --reason superseded
+  OCSPD_DATABASE_URL='{url}' OCSPD_AUDIT_MAC_KEY=file:{audit_key} \\
+      .venv/bin/ocspd revoke --issuer {ISSUER} --serial {_serial(pki / "leaves/www.pem")} --reason superseded
+and check the audit trail of it all:
+  OCSPD_DATABASE_URL='{url}' OCSPD_AUDIT_MAC_KEY=file:{audit_key} .venv/bin/ocspd audit verify
 
 Starting the CRL publisher (crlgen run, CRLs in {crl_dir}) and the responder on {listen};
 Ctrl-C stops both...

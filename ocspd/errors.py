@@ -25,6 +25,15 @@ class StatusTransitionRefused(OcspdError):
     """A status change the rules forbid (RM1.3: revoked never returns to good)."""
 
 
+class NotPermitted(OcspdError):
+    """The login does not hold the role a command needs (M1.2), or dual control (RM1.4)
+    forbids what it asked for."""
+
+
+class AuditKeyError(OcspdError):
+    """The audit MAC key is missing, unreadable or unusable (AA7.1)."""
+
+
 class SigningKeyError(OcspdError):
     """A signing key cannot be used: missing, mismatched, expired certificate, bad token."""
 

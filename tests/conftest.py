@@ -21,6 +21,7 @@ import pytest
 from needs import missing
 
 from ocspd import cli, devpki
+from ocspd.audit.mac import write_key_file
 from ocspd.store.migrate import migrate
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -54,6 +55,20 @@ def run_sql(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return asyncio.run(go())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An audit MAC key for every test (AA7.1: changes are refused without one).
+
+    In os.environ for the whole session, so in-process commands and subprocesses alike find
+    it; tests of a missing key remove it with monkeypatch.
+    """
+    path = tmp_path_factory.mktemp("audit") / "audit.key"
+    write_key_file(path)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OCSPD_AUDIT_MAC_KEY", f"file:{path}")
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -165,10 +180,21 @@ class Cli:
     ):
         self.url = url
         self._capsys = capsys
+        self._monkeypatch = monkeypatch
         monkeypatch.setenv("OCSPD_DATABASE_URL", url)
         monkeypatch.delenv("OCSPD_CONFIG", raising=False)
 
+    def as_user(self, login: str) -> Cli:
+        """The same database, connecting as another login (trust authentication in tests)."""
+        parts = urlsplit(self.url)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        other = Cli(self.url, self._capsys, self._monkeypatch)
+        other.url = urlunsplit(parts._replace(netloc=f"{login}@{host}"))
+        return other
+
     def __call__(self, *args: str | Path) -> Result:
+        # Several Cli objects (one per login) may share a test: each sets its own database.
+        self._monkeypatch.setenv("OCSPD_DATABASE_URL", self.url)
         self._capsys.readouterr()
         try:
             code = cli.main([str(a) for a in args])

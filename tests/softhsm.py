@@ -171,6 +171,18 @@ class SoftHSM:
             pem.unlink()
         return self.uri(label, token=token)
 
+    def add_secret_key(self, label: str, sensitive: bool = True, token: str | None = None) -> str:
+        """Generate a 32-byte generic secret (HMAC) key in the token; return its pkcs11: URI.
+
+        The way an operator makes the audit MAC key (ocspd/audit/mac.py).
+        """
+        _run(
+            "pkcs11-tool", "--module", self.module, "--token-label", token or self.token,
+            "--login", "--pin", self.pin, "--keygen", "--key-type", "GENERIC:32",
+            "--label", label, "--usage-sign", *(["--sensitive"] if sensitive else []),
+        )  # fmt: skip
+        return self.uri(label, token=token)
+
     def delete_public_key(self, label: str, token: str | None = None) -> None:
         """Remove the public key object of `label`, leaving a lone private key."""
         _run(

@@ -617,7 +617,10 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     from ocspd import cli
 
     commands = [[], ["db"], ["db", "migrate"], ["issuer"], ["issuer", "add"], ["issuer", "list"],
-                ["cert"], ["cert", "import"], ["revoke"], ["hold"], ["release"], ["status"]]  # fmt: skip
+                ["cert"], ["cert", "import"], ["revoke"], ["hold"], ["release"], ["status"],
+                ["approve"], ["refuse"], ["pending"], ["role"], ["role", "grant"],
+                ["role", "revoke"], ["role", "list"], ["audit"], ["audit", "keygen"],
+                ["audit", "verify"], ["audit", "search"], ["purge"]]  # fmt: skip
     for command in commands:
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*command, "--help"])

@@ -155,13 +155,18 @@ def test_a_plain_login_can_use_both_roles(pg_admin_url: str, empty_db_url: str) 
         db = empty_db_url.rsplit("/", 1)[1]
         run_sql(pg_admin_url, f"ALTER DATABASE {db} OWNER TO {login}")
         run_sql(empty_db_url, f"ALTER SCHEMA public OWNER TO {login}")
-        # Roles are cluster-wide: a DBA creates them and grants them to the owner once.
-        for role in ("ocspd_responder", "ocspd_operator", "ocspd_publisher"):
+        # Roles are cluster-wide: a DBA creates them and grants them to the owner once, as the
+        # migrations' hints say (0004: ocspd_operator holds officer and admin).
+        for role in (
+            "ocspd_responder", "ocspd_operator", "ocspd_publisher",
+            "ocspd_officer", "ocspd_auditor", "ocspd_admin",
+        ):  # fmt: skip
             run_sql(
                 pg_admin_url,
                 f"DO $$ BEGIN CREATE ROLE {role} NOLOGIN; "
                 "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
             )
+        run_sql(pg_admin_url, "GRANT ocspd_officer, ocspd_admin TO ocspd_operator")
         run_sql(pg_admin_url, f"GRANT ocspd_responder, ocspd_operator, ocspd_publisher TO {login}")
         owner_url = empty_db_url.replace("postgres@", f"{login}@", 1)
 

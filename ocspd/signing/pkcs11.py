@@ -86,7 +86,8 @@ class Pkcs11Uri:
     pin_value: str | None = field(default=None, repr=False)
 
     @classmethod
-    def parse(cls, text: str) -> Pkcs11Uri:
+    def parse(cls, text: str, key_class: str = "private") -> Pkcs11Uri:
+        """Parse a URI naming one key of `key_class` (RFC 7512 type: private or secret)."""
         description = redact_uri(text)
         if not text.startswith("pkcs11:"):
             raise SigningKeyError(f"{description!r} is not a pkcs11: URI (RFC 7512)")
@@ -105,10 +106,11 @@ class Pkcs11Uri:
                 ) from None
 
         kind = text_of(path_values, "type")
-        if kind is not None and kind != "private":
+        if kind is not None and kind != key_class:
+            use = "sign" if key_class == "private" else "compute a MAC"
             raise SigningKeyError(
-                f"{description}: type={kind} cannot sign; the URI must name a private key "
-                "(type=private, or no type)"
+                f"{description}: type={kind} cannot {use}; the URI must name a {key_class} key "
+                f"(type={key_class}, or no type)"
             )
         slot_text = text_of(path_values, "slot-id")
         slot_id: int | None = None
@@ -361,6 +363,22 @@ class Pkcs11Backend:
         key, public_key = await self.run(lambda: self._find_key(parsed, module, pin))
         return Pkcs11Signer(self, key, public_key, parsed.description)
 
+    async def open_secret(self, uri: str) -> Pkcs11SecretKey:
+        """A secret (HMAC) key, e.g. the audit MAC key (AA7.1, KM1.1)."""
+        parsed = Pkcs11Uri.parse(uri, key_class="secret")
+        module = resolve_module(parsed, self._config)
+        pin = resolve_pin(parsed, self._config)
+        key = await self.run(lambda: self._find_secret(parsed, module, pin))
+        return Pkcs11SecretKey(self, key, parsed.description)
+
+    def run_blocking(self, call: Callable[[], T]) -> T:
+        """Run `call` on the PKCS#11 thread and wait for it, for synchronous callers."""
+        if self._closed:
+            raise SigningKeyError("the PKCS#11 backend is closed")
+        if threading.current_thread().name.startswith("pkcs11"):
+            return call()  # already on the PKCS#11 thread: waiting for it would deadlock
+        return self._executor.submit(call).result()
+
     async def run(self, call: Callable[[], T]) -> T:
         """Run `call` on the PKCS#11 thread."""
         if self._closed:
@@ -494,6 +512,61 @@ class Pkcs11Backend:
         # Refuse keys outside the algorithm policy now, not at the first signature.
         algorithm_for_key(public_key)
         return cast(_SignKey, private), public_key
+
+    def _find_secret(self, uri: Pkcs11Uri, module: str, pin: str) -> _SignKey:
+        session = self._session(uri, module, pin)
+        where = f"on token {session.token.label!r}"
+        try:
+            key = session.get_key(ObjectClass.SECRET_KEY, label=uri.object, id=uri.id)
+        except NoSuchKey:
+            raise SigningKeyError(f"no secret key with {uri.key_name} {where}") from None
+        except MultipleObjectsReturned:
+            raise SigningKeyError(
+                f"several secret keys have {uri.key_name} {where}; add id= to the URI"
+            ) from None
+        except PKCS11Error as e:
+            raise SigningKeyError(f"cannot search keys {where}: {_reason(e)}") from e
+        try:
+            can_sign = bool(key[Attribute.SIGN])
+            sensitive = bool(key[Attribute.SENSITIVE])
+        except PKCS11Error as e:
+            raise SigningKeyError(
+                f"cannot read the attributes of secret key {uri.key_name} {where}: {_reason(e)}"
+            ) from e
+        if not can_sign:
+            raise SigningKeyError(
+                f"secret key {uri.key_name} {where} does not allow signing (CKA_SIGN); "
+                "generate it with --usage-sign"
+            )
+        # KM6.4: a key the token would reveal in plaintext is not protected by it.
+        if not sensitive:
+            raise SigningKeyError(
+                f"secret key {uri.key_name} {where} is not sensitive (CKA_SENSITIVE); "
+                "generate it with --sensitive"
+            )
+        return cast(_SignKey, key)
+
+
+class Pkcs11SecretKey:
+    """A secret key in a token; every call runs on the backend's PKCS#11 thread."""
+
+    def __init__(self, backend: Pkcs11Backend, key: _SignKey, description: str) -> None:
+        self._backend = backend
+        self._key = key
+        self.description = description
+
+    def sign_blocking(self, data: bytes, mechanism: Mechanism) -> bytes:
+        """C_Sign with a MAC mechanism (e.g. CKM_SHA256_HMAC); blocks the caller."""
+
+        def sign() -> bytes:
+            try:
+                return self._key.sign(data, mechanism=mechanism)
+            except PKCS11Error as e:
+                raise SigningKeyError(
+                    f"key {self.description} failed to compute a MAC: {_reason(e)}"
+                ) from e
+
+        return self._backend.run_blocking(sign)
 
 
 def _serial(token: pkcs11.Token) -> str:

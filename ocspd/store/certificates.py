@@ -19,6 +19,7 @@ from ocspd.model import (
     serial_to_bytes,
 )
 from ocspd.store.issuers import Issuer
+from ocspd.store.keycerts import mark_registered
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,22 @@ class CertRow:
     revoked_at: dt.datetime | None = None
     reason: Reason | None = None
     invalidity_date: dt.datetime | None = None
+    # 'ca' or 'ocsp' when the certificate's key is a TSP signing key (RM1.4, keycerts.py).
+    key_use: str | None = None
+
+
+@dataclass(frozen=True)
+class AppliedChange:
+    """A status change an import applied, as its revocation request recorded it."""
+
+    request_id: int
+    serial: int
+    action: str
+    reason: Reason | None
+    revoked_at: dt.datetime | None
+    invalidity_date: dt.datetime | None
+    received_at: dt.datetime
+    applied_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,10 @@ class ImportResult:
     # Rows where the database already holds a status the import would move backwards
     # (e.g. revoked here, valid in the index): kept as they are (RM1.3).
     kept: int
+    # CA and responder certificates whose status the import would move: left as they are,
+    # their status changes need two officers (RM1.4).
+    needs_approval: int = 0
+    changes: tuple[AppliedChange, ...] = ()
 
 
 # COPY is the fast path for large imports; rows go to a temporary table and are merged from
@@ -53,16 +74,29 @@ class ImportResult:
 _STAGE = """
     CREATE TEMPORARY TABLE import_rows (
         serial bytea, not_before timestamptz, not_after timestamptz, status text,
-        revoked_at timestamptz, reason smallint, invalidity_date timestamptz
+        revoked_at timestamptz, reason smallint, invalidity_date timestamptz, key_use text
     ) ON COMMIT DROP
 """
 
 _MERGE_NEW = """
-    INSERT INTO certificates (issuer_id, serial, not_before, not_after, status, revoked_at, reason, invalidity_date)
-    SELECT DISTINCT ON (serial) $1, serial, not_before, not_after, coalesce(status, 'good')::cert_status, revoked_at, reason, invalidity_date
+    INSERT INTO certificates (issuer_id, serial, not_before, not_after, status, revoked_at, reason, invalidity_date, key_use)
+    SELECT DISTINCT ON (serial) $1, serial, not_before, not_after, coalesce(status, 'good')::cert_status, revoked_at, reason, invalidity_date, key_use
     FROM import_rows
-    ORDER BY serial
+    ORDER BY serial, key_use NULLS LAST
     ON CONFLICT (issuer_id, serial) DO NOTHING
+"""
+
+# A certificate file seen again can tell what an index import could not: its key's use.
+_MARK_KEY_USE = """
+    UPDATE certificates c SET key_use = t.key_use
+    FROM import_rows t
+    WHERE c.issuer_id = $1 AND c.serial = t.serial AND c.key_use IS NULL AND t.key_use IS NOT NULL
+"""
+
+_CHANGES_OF_KEY_CERTS = """
+    SELECT count(DISTINCT c.serial) FROM certificates c JOIN import_rows t ON c.serial = t.serial
+    WHERE c.issuer_id = $1 AND c.key_use IS NOT NULL
+      AND ((c.status = 'good' AND t.status <> 'good') OR (c.status = 'hold' AND t.status = 'revoked'))
 """
 
 _MERGE_CHANGES = """
@@ -71,7 +105,7 @@ _MERGE_CHANGES = """
         SET status = t.status::cert_status, revoked_at = t.revoked_at, reason = t.reason,
             invalidity_date = t.invalidity_date
         FROM import_rows t
-        WHERE c.issuer_id = $1 AND c.serial = t.serial
+        WHERE c.issuer_id = $1 AND c.serial = t.serial AND c.key_use IS NULL
           AND ((c.status = 'good' AND t.status <> 'good')
                OR (c.status = 'hold' AND t.status = 'revoked'))
         RETURNING c.serial, c.status, c.reason, c.revoked_at, c.invalidity_date
@@ -81,6 +115,8 @@ _MERGE_CHANGES = """
     SELECT $1, serial, (CASE WHEN status = 'hold' THEN 'hold' ELSE 'revoke' END)::status_action,
            reason, revoked_at, invalidity_date, $2, clock_timestamp()
     FROM moved
+    RETURNING id, serial, action::text AS action, reason, revoked_at, invalidity_date,
+              received_at, applied_at
 """
 
 _COUNT_BACKWARDS = """
@@ -97,32 +133,51 @@ async def import_rows(
     progress: Callable[[int], None] = lambda n: None,
     chunk: int = 20_000,
 ) -> ImportResult:
-    """Add new certificates and move known ones forward, all in one transaction."""
-    async with conn.transaction():
-        await conn.execute(_STAGE)
-        for start in range(0, len(rows), chunk):
-            batch = rows[start : start + chunk]
-            await conn.copy_records_to_table(
-                "import_rows",
-                records=[
-                    (
-                        serial_to_bytes(r.serial),
-                        r.not_before,
-                        r.not_after,
-                        None if r.status is None else r.status.value,
-                        r.revoked_at,
-                        None if r.reason is None else int(r.reason),
-                        r.invalidity_date,
-                    )
-                    for r in batch
-                ],
-            )
-            progress(len(batch))
-        added = _count(await conn.execute(_MERGE_NEW, issuer.id))
-        changed = _count(await conn.execute(_MERGE_CHANGES, issuer.id, received_at))
-        kept = await conn.fetchval(_COUNT_BACKWARDS, issuer.id)
+    """Add new certificates and move known ones forward, in the caller's transaction."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("import_rows runs inside the caller's transaction")
+    await conn.execute(_STAGE)
+    for start in range(0, len(rows), chunk):
+        batch = rows[start : start + chunk]
+        await conn.copy_records_to_table(
+            "import_rows",
+            records=[
+                (
+                    serial_to_bytes(r.serial),
+                    r.not_before,
+                    r.not_after,
+                    None if r.status is None else r.status.value,
+                    r.revoked_at,
+                    None if r.reason is None else int(r.reason),
+                    r.invalidity_date,
+                    r.key_use,
+                )
+                for r in batch
+            ],
+        )
+        progress(len(batch))
+    added = _count(await conn.execute(_MERGE_NEW, issuer.id))
+    await conn.execute(_MARK_KEY_USE, issuer.id)
+    await mark_registered(conn)
+    needs_approval = await conn.fetchval(_CHANGES_OF_KEY_CERTS, issuer.id)
+    applied = await conn.fetch(_MERGE_CHANGES, issuer.id, received_at)
+    kept = await conn.fetchval(_COUNT_BACKWARDS, issuer.id)
+    changes = tuple(
+        AppliedChange(
+            request_id=r["id"],
+            serial=serial_from_bytes(r["serial"]),
+            action=r["action"],
+            reason=None if r["reason"] is None else Reason(r["reason"]),
+            revoked_at=r["revoked_at"],
+            invalidity_date=r["invalidity_date"],
+            received_at=r["received_at"],
+            applied_at=r["applied_at"],
+        )
+        for r in applied
+    )
     distinct = len({r.serial for r in rows})
-    return ImportResult(added, changed, distinct - added - changed - kept, kept)
+    unchanged = distinct - added - len(changes) - kept - needs_approval
+    return ImportResult(added, len(changes), unchanged, kept, needs_approval, changes)
 
 
 def _count(status: str) -> int:
@@ -182,60 +237,64 @@ class StatusChange:
             raise ValueError(f"revoke needs a revocation reason, got {self.reason}")
 
 
-async def change_status(
+@dataclass(frozen=True)
+class Locked:
+    """A status row locked for a change (SELECT ... FOR UPDATE), with its key_use mark."""
+
+    record: CertRecord
+    key_use: str | None
+
+
+async def lock(conn: asyncpg.Connection, issuer: Issuer, serial: int) -> Locked:
+    """Lock the row until the caller's transaction ends; NotFound if there is none."""
+    row = await conn.fetchrow(
+        """SELECT serial, not_before, not_after, status, revoked_at, reason, invalidity_date, key_use
+           FROM certificates WHERE issuer_id = $1 AND serial = $2 FOR UPDATE""",
+        issuer.id,
+        serial_to_bytes(serial),
+    )
+    if row is None:
+        raise NotFound(
+            f"issuer {issuer.name!r} has no certificate with serial {format_serial(serial)}; "
+            "import it first (ocspd cert import)"
+        )
+    return Locked(_record(issuer, row), row["key_use"])
+
+
+def stored_values(
+    change: StatusChange,
+) -> tuple[str, dt.datetime | None, int | None, dt.datetime | None]:
+    """(status, revoked_at, reason code, invalidity date) as the row will hold them."""
+    if change.action is Action.RELEASE:
+        return ("good", None, None, None)
+    if change.action is Action.HOLD:
+        return ("hold", change.revoked_at, int(Reason.certificateHold), None)
+    assert change.reason is not None
+    return ("revoked", change.revoked_at, int(change.reason), change.invalidity_date)
+
+
+async def write_status(
     conn: asyncpg.Connection, issuer: Issuer, serial: int, change: StatusChange
 ) -> CertRecord:
-    """Apply one change and record the request, atomically: once this returns it is durable.
+    """Apply `change` to a row locked with lock() and checked with check_transition().
 
-    The checks here give operators a clear message; the database trigger (RM1.3) is the
+    The checks give operators a clear message; the database trigger (RM1.3, RM1.4) is the
     guarantee behind them.
     """
     raw = serial_to_bytes(serial)
-    async with conn.transaction():
-        row = await conn.fetchrow(_SELECT_CERT + " FOR UPDATE", issuer.id, raw)
-        if row is None:
-            raise NotFound(
-                f"issuer {issuer.name!r} has no certificate with serial {format_serial(serial)}; "
-                "import it first (ocspd cert import)"
-            )
-        current = _record(issuer, row)
-        _check_transition(current, change)
-        if change.action is Action.RELEASE:
-            values: tuple[str, dt.datetime | None, int | None, dt.datetime | None] = (
-                "good",
-                None,
-                None,
-                None,
-            )
-        elif change.action is Action.HOLD:
-            values = ("hold", change.revoked_at, int(Reason.certificateHold), None)
-        else:
-            assert change.reason is not None
-            values = ("revoked", change.revoked_at, int(change.reason), change.invalidity_date)
-        await conn.execute(
-            """UPDATE certificates SET status = $3::cert_status, revoked_at = $4, reason = $5, invalidity_date = $6
-               WHERE issuer_id = $1 AND serial = $2""",
-            issuer.id,
-            raw,
-            *values,
-        )
-        await conn.execute(
-            """INSERT INTO revocation_requests
-                   (issuer_id, serial, action, reason, revoked_at, invalidity_date, received_at, applied_at)
-               VALUES ($1, $2, $3::status_action, $4, $5, $6, $7, clock_timestamp())""",
-            issuer.id,
-            raw,
-            change.action.value,
-            values[2],
-            values[1],
-            values[3],
-            change.received_at,
-        )
-        updated = await conn.fetchrow(_SELECT_CERT, issuer.id, raw)
+    await conn.execute(
+        """UPDATE certificates SET status = $3::cert_status, revoked_at = $4, reason = $5, invalidity_date = $6
+           WHERE issuer_id = $1 AND serial = $2""",
+        issuer.id,
+        raw,
+        *stored_values(change),
+    )
+    updated = await conn.fetchrow(_SELECT_CERT, issuer.id, raw)
     return _record(issuer, updated)
 
 
-def _check_transition(current: CertRecord, change: StatusChange) -> None:
+def check_transition(current: CertRecord, change: StatusChange) -> None:
+    """Refuse what RM1.3 forbids, and changes that would change nothing."""
     serial = format_serial(current.serial)
     if current.status is CertStatus.REVOKED:
         assert current.revoked_at is not None and current.reason is not None

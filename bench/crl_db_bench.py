@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+from benchkit import ensure_audit_key
 
 from ocspd import devpki
 
@@ -98,6 +99,7 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="10000,100000,1000000")
     args = parser.parse_args()
+    ensure_audit_key()
     print("| entries | seconds | peak RSS (MB) | CRL size (MB) |")
     print("|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):

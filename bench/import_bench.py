@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+from benchkit import ensure_audit_key
 from cryptography import x509
 
 from ocspd import devpki
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=100_000)
     args = parser.parse_args()
     n = args.count
+    ensure_audit_key()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         ca = devpki.make_ca("Bench CA")

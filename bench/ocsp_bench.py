@@ -61,6 +61,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
+from benchkit import ensure_audit_key
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -1344,6 +1345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shown = ["bench/ocsp_bench.py", *(sys.argv[1:] if argv is None else argv)]
     command = f"{Path(sys.executable)} {shlex.join(shown)}"
     work = Path(tempfile.mkdtemp(prefix="ocsp-bench-"))
+    ensure_audit_key()
     procs = Processes()
     ok = False
     try:

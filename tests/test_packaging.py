@@ -58,3 +58,17 @@ def test_plain_install_ships_migrations_and_commands(tmp_path: Path) -> None:
         text=True,
     ).stdout
     assert "revoke" in help_text and "OCSPD_DATABASE_URL" in help_text
+    # Every module of the checkout is in the installed tree (a package missing from
+    # pyproject's list would only fail when its first user imports it, e.g. at `serve`).
+    for package in ("ocspd", "crlgen"):
+        for source in (ROOT / package).rglob("*.py"):
+            relative = source.relative_to(ROOT)
+            assert (target / relative).exists(), f"{relative} is not installed"
+    imported = subprocess.run(
+        [sys.executable, "-c", "import ocspd.app, ocspd.serve, crlgen.cli; print('ok')"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert imported.stdout.strip() == "ok", imported.stderr

@@ -196,6 +196,25 @@ async def test_concurrent_signatures_run_on_one_thread(
     assert len(workers) == 1
 
 
+async def test_a_failing_call_in_a_batch_fails_alone(backend: Pkcs11Backend) -> None:
+    """Calls queued together run together: each caller gets its own result or error, and
+    all of them ran on the one PKCS#11 thread."""
+    threads: set[str] = set()
+
+    def call(i: int) -> bytes:
+        threads.add(threading.current_thread().name)
+        if i == 3:
+            raise SigningKeyError("token said no")
+        return bytes([i])
+
+    results = await asyncio.gather(
+        *(backend.sign_batched(lambda i=i: call(i)) for i in range(8)), return_exceptions=True
+    )
+    assert [r for i, r in enumerate(results) if i != 3] == [bytes([i]) for i in range(8) if i != 3]
+    assert isinstance(results[3], SigningKeyError)
+    assert len(threads) == 1 and threads.pop().startswith("pkcs11")
+
+
 @pytest.mark.parametrize("close_first", ["first", "second"])
 async def test_two_backends_on_one_token(
     softhsm: SoftHSM, p256_key: ec.EllipticCurvePrivateKey, close_first: str

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry
 
+from ocspd.audit.log import RequestAudit, new_stream_name
+from ocspd.audit.mac import open_audit_key
 from ocspd.config import Config
 from ocspd.crlfiles import CrlFiles
 from ocspd.http import OcspHandler, Readiness
@@ -23,10 +26,11 @@ from ocspd.signing.keys import KeyOpener
 from ocspd.sources.cache import CacheSource
 from ocspd.sources.filter import FilterSource
 from ocspd.sources.issuers import IssuerTable, ServedIssuer
-from ocspd.sources.live import LiveSource
+from ocspd.sources.live import DB_ERRORS, LiveSource
 from ocspd.store import issuers as issuer_store
 from ocspd.store.db import Role
 from ocspd.store.feed import Changed, ChangeFeed
+from ocspd.store.requests import oldest_pending_seconds
 from ocspd.store.status import StatusStore
 
 Clock = Callable[[], dt.datetime]
@@ -50,6 +54,7 @@ async def open_responder(
     registry: CollectorRegistry,
     log: logging.Logger,
     clock: Clock = utcnow,
+    worker: int = 0,
 ) -> AsyncIterator[Responder]:
     readiness = Readiness()
     metrics = ResponderMetrics(registry)
@@ -91,6 +96,10 @@ async def open_responder(
         # Ready while the feed keeps up: without it a cached answer could outlive its status.
         readiness.checks["database"] = lambda: feed.healthy(within=max(2.0, 10 * interval))
         readiness.checks["signer"] = lambda: not live.signer_failing
+        audit = None
+        if config.audit.requests:
+            audit = await _start_audit(config, pool, metrics, log, worker)
+            readiness.checks["audit"] = lambda: not audit.refusing
         # CRLs: max-age capped like OCSP responses, and never past nextUpdate.
         crls = CrlFiles(Path(config.crl.directory), config.responder.max_cache_age, clock)
         handler = OcspHandler(
@@ -103,19 +112,50 @@ async def open_responder(
             clock,
             cache.lookup_request,
             cache.alias_request,
+            audit,
         )
         tasks = [
             asyncio.create_task(feed.run()),
             asyncio.create_task(_gauges(metrics, pool, issuers, cache, feed, clock)),
             asyncio.create_task(_flush_metrics(metrics)),
         ]
+        if audit is not None:
+            tasks.append(asyncio.create_task(audit.run()))
         try:
             yield Responder(handler, readiness)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if audit is not None:
+                await audit.close()  # before the pool closes: the last records go there
             metrics.flush()  # what was counted since the last flush
+
+
+async def _start_audit(
+    config: Config, pool: asyncpg.Pool, metrics: ResponderMetrics, log: logging.Logger, worker: int
+) -> RequestAudit:
+    """This worker's stream of request records (RS3.1), registered before the first request.
+    The audit key is needed only to derive the stream's MAC key and to sign the registration,
+    so it is closed again at once (a PKCS#11 key is not held by a second token thread)."""
+    key = await open_audit_key(config.require_audit_key(), config.pkcs11)
+    try:
+        audit = RequestAudit(
+            new_stream_name(worker),
+            key,
+            pool,
+            config.audit,
+            log,
+            on_stored=metrics.audit_stored.inc,
+            on_error=metrics.audit_errors.inc,
+        )
+        host, port = config.responder.listen
+        await audit.open({"pid": os.getpid(), "worker": worker, "listen": f"{host}:{port}"})
+    finally:
+        key.close()
+    metrics.on_flush(lambda: metrics.audit_pending.set(audit.pending))
+    log.info("audit stream opened", extra={"stream": audit.stream})
+    return audit
 
 
 async def _create_pool(config: Config) -> asyncpg.Pool:
@@ -189,4 +229,9 @@ async def _gauges(
         oldest = cache.oldest_this_update()
         metrics.oldest_cached.set((now - oldest).total_seconds() if oldest else 0)
         metrics.feed_lag.set(feed.seconds_since_success())
+        try:
+            async with pool.acquire(timeout=2) as conn:
+                metrics.revocation_pending_age.set(await oldest_pending_seconds(conn))
+        except DB_ERRORS:
+            pass  # the database is away: /readyz says so; the gauge keeps its last value
         await asyncio.sleep(5)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 from ocspd.audit.chain import ChainRecord
 from ocspd.audit.mac import KeyRing, open_audit_key, write_key_file
+from ocspd.audit.requests import RequestRecord, describe_cert_id
 from ocspd.clikit import OneLineParser, iso_time, manager, print_record, print_table, reader, utc
 from ocspd.config import Config
 from ocspd.model import format_serial
-from ocspd.store import audit, requests, roles
+from ocspd.store import audit, request_audit, requests, roles
 from ocspd.store.audit import SearchFilter, iso
 from ocspd.store.db import PERSON_ROLES, Role
+from ocspd.store.request_audit import RequestAuditChecker
 
 # RM1.1: a request is applied within 60 minutes of its receipt.
 RM11_LIMIT = dt.timedelta(minutes=60)
@@ -153,7 +155,9 @@ async def cmd_audit_verify(args: argparse.Namespace, config: Config) -> int:
         raise
     with KeyRing(keys) as ring:
         async with reader(config, Role.AUDITOR) as conn:
-            report = await audit.verify(conn, ring, batch=args.batch)
+            report = await audit.verify(
+                conn, ring, batch=args.batch, checkers=(RequestAuditChecker(),)
+            )
     for s in report.streams:
         if args.verbose:
             print(
@@ -199,6 +203,47 @@ def _detail_text(record: ChainRecord) -> str:
     )
 
 
+OCSP_REQUEST = "ocsp-request"
+
+
+def _request_fields(stream: str, record: RequestRecord) -> dict[str, object]:
+    return {
+        "stream": stream,
+        "seq": record.seq,
+        "at": iso(record.at),
+        "type": OCSP_REQUEST,
+        "client": record.client,
+        "server": record.server,
+        "method": record.method,
+        "outcome": record.outcome,
+        "nonce": record.nonce,
+        "cert_ids": [describe_cert_id(c) for c in record.cert_ids],
+        "statuses": list(record.statuses),
+        "response_sha256": record.response_sha256.hex(),
+        "signer": record.signer.hex(),
+    }
+
+
+def _request_json(stream: str, record: RequestRecord) -> str:
+    return json.dumps(_request_fields(stream, record), sort_keys=True)
+
+
+def _request_text(stream: str, record: RequestRecord) -> str:
+    if record.outcome == "stream-open":
+        return f"{utc(record.at)} {stream}#{record.seq} stream-open"
+    asked = ", ".join(
+        f"{describe_cert_id(c)}={s}"
+        for c, s in zip(
+            record.cert_ids, record.statuses or ("-",) * len(record.cert_ids), strict=True
+        )
+    )
+    return (
+        f"{utc(record.at)} {stream}#{record.seq} {OCSP_REQUEST} {record.outcome} "
+        f"from {record.client} {record.method}{' nonce' if record.nonce else ''}: "
+        f"{asked or 'no CertID'} response {record.response_sha256.hex()[:16]}"
+    )
+
+
 async def cmd_audit_search(args: argparse.Namespace, config: Config) -> int:
     where = SearchFilter(
         since=args.since,
@@ -208,16 +253,27 @@ async def cmd_audit_search(args: argparse.Namespace, config: Config) -> int:
         streams=args.stream or (),
     )
     found = 0
+    types = set(args.type or ())
     async with reader(config, Role.AUDITOR) as conn, conn.transaction(readonly=True):
-        async for record, mac in audit.search(conn, where, args.limit):
-            found += 1
-            if args.json:
-                print(_search_json(record, mac))
-            else:
-                print(
-                    f"{utc(record.at)} {record.stream}#{record.seq} {record.type} "
-                    f"{record.outcome} by {record.actor}: {_detail_text(record)}"
-                )
+        if not types or types - {OCSP_REQUEST}:
+            async for record, mac in audit.search(conn, where, args.limit):
+                found += 1
+                if args.json:
+                    print(_search_json(record, mac))
+                else:
+                    print(
+                        f"{utc(record.at)} {record.stream}#{record.seq} {record.type} "
+                        f"{record.outcome} by {record.actor}: {_detail_text(record)}"
+                    )
+        # RS3.1 records of OCSP requests (their actor is the client's address), after the
+        # operator events, each in time order.
+        if (not types or OCSP_REQUEST in types) and not args.stream:
+            clients = tuple(args.actor or ())
+            async for stream, item in request_audit.search(conn, args.since, args.until, clients):
+                if args.limit is not None and found >= args.limit:
+                    break
+                found += 1
+                print(_request_json(stream, item) if args.json else _request_text(stream, item))
     if not found and not args.json:
         print("no audit records match")
     return 0
@@ -367,9 +423,15 @@ def add_commands(commands: argparse._SubParsersAction[OneLineParser]) -> None:
         action="append",
         metavar="TYPE",
         help="revoke, hold, release, approve, refuse, import, issuer-add, role-grant, "
-        "role-revoke, purge, stream-open",
+        "role-revoke, purge, stream-open, or ocsp-request (the responder's record of every "
+        "OCSP request, RS3.1); repeat for several; default all",
     )
-    p.add_argument("--actor", action="append", metavar="LOGIN")
+    p.add_argument(
+        "--actor",
+        action="append",
+        metavar="LOGIN",
+        help="the login that acted; for ocsp-request records, the client's IP address",
+    )
     p.add_argument("--stream", action="append", metavar="NAME", help="e.g. operator")
     p.add_argument("--limit", type=_positive, metavar="N")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -32,6 +32,9 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "OCSPD_LOG_LEVEL": ("responder", "log_level"),
     "OCSPD_CRL_DIR": ("crl", "directory"),
     "OCSPD_AUDIT_MAC_KEY": ("audit", "mac_key"),
+    "OCSPD_AUDIT_REQUESTS": ("audit", "requests"),
+    "OCSPD_AUDIT_ON_FAILURE": ("audit", "on_failure"),
+    "OCSPD_AUDIT_SPOOL_DIR": ("audit", "spool_dir"),
 }
 
 _KNOWN: Mapping[str, frozenset[str]] = {
@@ -68,7 +71,9 @@ _KNOWN: Mapping[str, frozenset[str]] = {
             "metrics_listen",
         }
     ),
-    "audit": frozenset({"mac_key"}),
+    "audit": frozenset(
+        {"mac_key", "requests", "on_failure", "spool_dir", "max_pending", "flush_interval"}
+    ),
 }
 
 # pkio71: an OCSP response lives at most 10 calendar days, and the service is updated at
@@ -108,6 +113,13 @@ class UnknownSerials(enum.Enum):
     UNKNOWN = "unknown"
     # RFC 6960 2.2 extended revoke: revoked, 1970-01-01, certificateHold.
     REVOKED = "revoked"
+
+
+class AuditFailure(enum.Enum):
+    """What the responder does when audit storage is down or cannot keep up (AA1.1 e)."""
+
+    TRY_LATER = "tryLater"  # answer tryLater once the backlog is full: nothing unrecorded
+    SPOOL = "spool"  # keep answering; records go to local disk and are shipped later
 
 
 class NoncePolicy(enum.Enum):
@@ -195,6 +207,18 @@ class AuditConfig:
     # secret key in an HSM (KM1.1). Commands that change the status database refuse to run
     # without it: a CA's status changes are always on record.
     mac_key: str = ""
+    # RS3.1, pkio80: one record per OCSP request served. Turning it off is for benchmarks
+    # and development; a CA in production keeps it on.
+    requests: bool = True
+    # When audit storage (PostgreSQL) is down or behind: tryLater (the default) answers
+    # tryLater once max_pending records wait; spool writes them to spool_dir (fsync'd) and
+    # ships them when the database is back. Either way no record is dropped unannounced.
+    on_failure: AuditFailure = AuditFailure.TRY_LATER
+    spool_dir: str = "/var/lib/ocspd/audit-spool"
+    # Records held in memory, per worker, before tryLater (or the spool) takes over.
+    max_pending: int = 50_000
+    # How often each worker writes its records (one segment row per flush).
+    flush_interval: dt.timedelta = dt.timedelta(milliseconds=200)
 
 
 @dataclass(frozen=True)
@@ -264,12 +288,35 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 
 def _audit(values: dict[str, Any], source: str) -> AuditConfig:
-    mac_key = _strings(values, "audit", source).get("mac_key", "")
-    if mac_key and not mac_key.startswith(("file:", "pkcs11:")):
+    d = AuditConfig()
+    mac_key = values.get("mac_key", "")
+    if not isinstance(mac_key, str) or (mac_key and not mac_key.startswith(("file:", "pkcs11:"))):
         raise ConfigError(
-            f"{source}: audit.mac_key must be file:/path or a pkcs11: URI, got {mac_key[:40]!r}"
+            f"{source}: audit.mac_key must be file:/path or a pkcs11: URI, got {str(mac_key)[:40]!r}"
         )
-    return AuditConfig(mac_key=mac_key)
+    requests = values.get("requests", d.requests)
+    if isinstance(requests, str) and requests.lower() in ("on", "true", "off", "false"):
+        requests = requests.lower() in ("on", "true")
+    if not isinstance(requests, bool):
+        raise ConfigError(f"{source}: audit.requests must be on or off, got {requests!r}")
+    interval = _duration(values, "audit", "flush_interval", d.flush_interval, source)
+    if not dt.timedelta(milliseconds=10) <= interval <= dt.timedelta(seconds=10):
+        raise ConfigError(
+            f"{source}: audit.flush_interval must be between 10 ms and 10 s, got {interval}"
+        )
+    spool_dir = values.get("spool_dir", d.spool_dir)
+    if not isinstance(spool_dir, str) or not spool_dir:
+        raise ConfigError(f"{source}: audit.spool_dir must be a directory path")
+    return AuditConfig(
+        mac_key=mac_key,
+        requests=requests,
+        on_failure=_choice(
+            values, "on_failure", AuditFailure, d.on_failure, source, section="audit"
+        ),
+        spool_dir=spool_dir,
+        max_pending=_int(values, "max_pending", d.max_pending, 100, source, section="audit"),
+        flush_interval=interval,
+    )
 
 
 def _crl(values: dict[str, Any], source: str) -> CrlConfig:
@@ -328,19 +375,31 @@ def _duration(
     return parse_duration(values[key], f"{source}: {section}.{key}")
 
 
-def _int(values: dict[str, Any], key: str, default: int, low: int, source: str) -> int:
+def _int(
+    values: dict[str, Any],
+    key: str,
+    default: int,
+    low: int,
+    source: str,
+    section: str = "responder",
+) -> int:
     value = values.get(key, default)
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: responder.{key} must be an integer, got {value!r}") from None
+        raise ConfigError(f"{source}: {section}.{key} must be an integer, got {value!r}") from None
     if number < low:
-        raise ConfigError(f"{source}: responder.{key} must be at least {low}, got {number}")
+        raise ConfigError(f"{source}: {section}.{key} must be at least {low}, got {number}")
     return number
 
 
 def _choice(
-    values: dict[str, Any], key: str, kind: type[enum.Enum], default: enum.Enum, source: str
+    values: dict[str, Any],
+    key: str,
+    kind: type[enum.Enum],
+    default: enum.Enum,
+    source: str,
+    section: str = "responder",
 ) -> Any:
     value = values.get(key, default.value)
     try:
@@ -348,7 +407,7 @@ def _choice(
     except ValueError:
         allowed = ", ".join(str(m.value) for m in kind)
         raise ConfigError(
-            f"{source}: responder.{key} must be one of {allowed}, got {value!r}"
+            f"{source}: {section}.{key} must be one of {allowed}, got {value!r}"
         ) from None
 
 

@@ -82,6 +82,8 @@ def main() -> int:
         DEMO_DIR.mkdir(parents=True, exist_ok=True)
         write_key_file(audit_key)
     os.environ.setdefault("OCSPD_AUDIT_MAC_KEY", f"file:{audit_key}")
+    # Records of OCSP requests that PostgreSQL could not take wait here (RS3.1).
+    os.environ.setdefault("OCSPD_AUDIT_SPOOL_DIR", str((DEMO_DIR / "audit-spool").resolve()))
     fresh = not (pki / "ca.pem").exists()
     if fresh:
         _make_pki(pki)

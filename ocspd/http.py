@@ -11,16 +11,18 @@ Source and maps its exceptions to OCSP statuses.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections.abc import Callable
 
+from ocspd.audit.log import RequestAudit
 from ocspd.config import ResponderConfig
 from ocspd.crlfiles import CrlFiles
 from ocspd.errors import Unauthorized, Unavailable
 from ocspd.httpserver import Answer, HttpReply, HttpRequest, text_reply
 from ocspd.metrics import ResponderMetrics
-from ocspd.protocol.request import MalformedRequest, RequestParser, decode_get_path
+from ocspd.protocol.request import MalformedRequest, OcspRequest, RequestParser, decode_get_path
 from ocspd.protocol.response import AnswerStatus, ResponseStatus, error_response
 from ocspd.sources.base import Response, Source
 
@@ -82,6 +84,7 @@ class OcspHandler:
         clock: Callable[[], dt.datetime],
         lookup: Callable[[bytes | str], Response | None] = lambda body: None,
         alias: Callable[[str, bytes], None] = lambda path, body: None,
+        audit: RequestAudit | None = None,
     ) -> None:
         self._source = source
         # A cache lookup by the raw request bytes or GET path, tried before decoding or
@@ -89,6 +92,9 @@ class OcspHandler:
         self._lookup = lookup
         self._alias = alias
         self._parse = RequestParser().parse
+        # One audit record per OCSP request (RS3.1); None when [audit] requests = off.
+        self._audit = audit
+        self._audit_refused = metrics.tally(metrics.audit_refused)
         self._crls = crls
         self._prefix = config.path
         self._max_bytes = config.max_request_bytes
@@ -127,17 +133,29 @@ class OcspHandler:
             return self._ocsp(request, path)
         return _NOT_FOUND
 
-    def refusal(self, http_status: int) -> HttpReply:
+    def refusal(self, http_status: int, request: HttpRequest) -> HttpReply:
         """The answer to a request the HTTP server refused before the handler saw it. A body
-        over the cap is still an OCSP request: it gets malformedRequest, counted as such."""
+        over the cap is still an OCSP request: it gets malformedRequest, counted as such.
+        Either way the refusal is on record (RS3.1)."""
         if http_status in (413, 414):
-            self._counted["other", "malformedRequest"].inc()
-            return _ERRORS[ResponseStatus.malformedRequest, http_status]
-        return text_reply(http_status, f"request refused ({http_status})\n")
+            reply = _ERRORS[ResponseStatus.malformedRequest, http_status]
+            outcome = "malformedRequest"
+        else:
+            reply = text_reply(http_status, f"request refused ({http_status})\n")
+            outcome = "rejected"
+        method = request.method if request.method in _METHODS else "other"
+        return self._done(request, method, outcome, time.perf_counter(), reply)
 
     def _ocsp(self, request: HttpRequest, path: str) -> Answer:
         started = time.perf_counter()
         method = request.method
+        if self._audit is not None and self._audit.refusing:
+            # Audit storage is behind and the policy is tryLater: answer nothing that could
+            # not be put on record (AA1.1 e).
+            self._audit_refused.inc()
+            return self._done(
+                request, "other", "tryLater", started, _ERRORS[ResponseStatus.tryLater, 200]
+            )
         if method == "GET":
             tail = path[len(self._prefix) :]
             answer = self._lookup(tail)
@@ -181,8 +199,10 @@ class OcspHandler:
         started: float,
         alias: str | None = None,
     ) -> HttpReply:
+        parsed: OcspRequest | None = None
         try:
-            answer = await self._source.response(self._parse(body))
+            parsed = self._parse(body)
+            answer = await self._source.response(parsed)
             if alias is not None:
                 self._alias(alias, body)
         except MalformedRequest:
@@ -190,34 +210,50 @@ class OcspHandler:
                 request, method, "malformedRequest", started, _ERRORS[_MALFORMED, 200]
             )
         except Unauthorized:
-            return self._done(
-                request, method, "unauthorized", started, _ERRORS[ResponseStatus.unauthorized, 200]
-            )
+            return self._failed(request, method, "unauthorized", started, parsed)
         except Unavailable as e:
             self._log.warning("answered tryLater", extra={"error": str(e)})
-            return self._done(
-                request, method, "tryLater", started, _ERRORS[ResponseStatus.tryLater, 200]
-            )
+            return self._failed(request, method, "tryLater", started, parsed)
         except Exception:
             # The last resort: an RFC 6960 status, never a traceback page (and log it).
             self._log.exception("internal error answering an OCSP request")
-            return self._done(
-                request,
-                method,
-                "internalError",
-                started,
-                _ERRORS[ResponseStatus.internalError, 200],
-            )
-        return self._served(request, method, answer, started)
+            return self._failed(request, method, "internalError", started, parsed)
+        return self._served(request, method, answer, started, parsed.nonce is not None)
+
+    def _failed(
+        self,
+        request: HttpRequest,
+        method: str,
+        outcome: str,
+        started: float,
+        parsed: OcspRequest | None,
+    ) -> HttpReply:
+        reply = _ERRORS[ResponseStatus[outcome], 200]
+        if parsed is None:
+            return self._done(request, method, outcome, started, reply)
+        return self._done(
+            request,
+            method,
+            outcome,
+            started,
+            reply,
+            cert_ids=tuple(c.der for c in parsed.cert_ids),
+            nonce=parsed.nonce is not None,
+        )
 
     def _served(
-        self, request: HttpRequest, method: str, answer: Response, started: float
+        self,
+        request: HttpRequest,
+        method: str,
+        answer: Response,
+        started: float,
+        nonce: bool = False,
     ) -> HttpReply:
         for status in answer.statuses:
             self._answered[status].inc()
         if not answer.cacheable:
             reply = HttpReply(200, _CONTENT_TYPE + _NO_CACHE, answer.der)
-            return self._done(request, method, "successful", started, reply)
+            return self._done(request, method, "successful", started, reply, answer, nonce=nonce)
         # RFC 5019 6.2: max-age up to nextUpdate, capped so caches ask again well before.
         remaining = int((answer.next_update - self._clock()).total_seconds())
         cache_control = b"Cache-Control: max-age=%d, public, no-transform, must-revalidate\r\n" % (
@@ -225,16 +261,52 @@ class OcspHandler:
         )
         if method == "GET" and answer.etag in request.headers.get("if-none-match", ""):
             reply = HttpReply(304, cache_control + answer.header_lines)
-            return self._done(request, method, "not_modified", started, reply)
+            return self._done(request, method, "not_modified", started, reply, answer, nonce=nonce)
         reply = HttpReply(200, _CONTENT_TYPE + cache_control + answer.header_lines, answer.der)
-        return self._done(request, method, "successful", started, reply)
+        return self._done(request, method, "successful", started, reply, answer, nonce=nonce)
 
     def _done(
-        self, request: HttpRequest, method: str, outcome: str, started: float, reply: HttpReply
+        self,
+        request: HttpRequest,
+        method: str,
+        outcome: str,
+        started: float,
+        reply: HttpReply,
+        answer: Response | None = None,
+        cert_ids: tuple[bytes, ...] = (),
+        nonce: bool = False,
     ) -> HttpReply:
+        """Counts, times, logs (at debug) and puts on record (RS3.1) one OCSP request."""
         self._counted[method, outcome].inc()
         elapsed = time.perf_counter() - started
         self._timed[method].observe(elapsed)
+        audit = self._audit
+        if audit is not None:
+            if answer is not None:
+                # A 304 sent no body: the record names the response its ETag stands for.
+                audit.record(
+                    request.remote or "",
+                    request.local or "",
+                    method,
+                    outcome,
+                    nonce,
+                    answer.cert_ids,
+                    answer.status_names,
+                    answer.sha256,
+                    answer.signer,
+                )
+            else:
+                audit.record(
+                    request.remote or "",
+                    request.local or "",
+                    method,
+                    outcome,
+                    nonce,
+                    cert_ids,
+                    (),
+                    hashlib.sha256(reply.body).digest(),
+                    b"",
+                )
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug(
                 "request",

@@ -42,6 +42,7 @@ class HttpRequest:
     headers: dict[str, str]
     body: bytes
     remote: str | None
+    local: str | None = None  # the address the client connected to
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +125,10 @@ class HttpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._remote: str | None = None
+        self._local: str | None = None
         # The request being parsed.
         self._target = bytearray()
+        self._method = b""
         self._headers: dict[str, str] = {}
         self._head_size = 0
         self._body: list[bytes] = []
@@ -151,6 +154,8 @@ class HttpConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._remote = peer[0] if isinstance(peer, tuple) else None
+        own = transport.get_extra_info("sockname")
+        self._local = f"{own[0]}:{own[1]}" if isinstance(own, tuple) else None
         self.deadline = self._loop.time() + self._limits.keepalive_timeout
         self._server.connections.add(self)
 
@@ -186,6 +191,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._target.clear()
+        self._method = b""
         self._headers = {}
         self._head_size = 0
         self._body = []
@@ -195,6 +201,8 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = self._loop.time() + self._limits.request_timeout
 
     def on_url(self, url: bytes) -> None:
+        if not self._target:
+            self._method = self._parser.get_method()  # known once the URL starts
         self._target += url
         self._head_size += len(url)
         if self._head_size > self._limits.max_head:
@@ -238,11 +246,12 @@ class HttpConnection(asyncio.Protocol):
             return
         parser = self._parser
         request = HttpRequest(
-            parser.get_method().decode("ascii"),
+            self._method.decode("ascii"),
             self._target.decode("latin-1"),
             self._headers,
             self._body[0] if len(self._body) == 1 else b"".join(self._body),
             self._remote,
+            self._local,
         )
         keep_alive = parser.should_keep_alive() and not self._server.closing
         if self._busy:
@@ -313,7 +322,15 @@ class HttpConnection(asyncio.Protocol):
         """A request that cannot be parsed or is over a limit: answer it, then close, since
         the rest of the stream cannot be trusted to start at a request boundary."""
         self._in_message = False
-        reply = self._server.refusal(status)
+        refused = HttpRequest(
+            self._method.decode("ascii", "replace"),
+            self._target.decode("latin-1"),
+            self._headers,
+            b"",
+            self._remote,
+            self._local,
+        )
+        reply = self._server.refusal(status, refused)
         if self._busy or self._waiting:
             # Answers leave in order: this one goes after those before it.
             self._last_words = reply
@@ -365,12 +382,13 @@ class HttpServer:
         log: logging.Logger,
         limits: Limits = Limits(),
         error_reply: HttpReply | None = None,
-        refusal: Callable[[int], HttpReply] | None = None,
+        refusal: Callable[[int, HttpRequest], HttpReply] | None = None,
     ) -> None:
         self.handler = handler
-        # The answer to a request refused before it reached the handler (400, 408, 413, ...).
+        # The answer to a request refused before it reached the handler (400, 408, 413, ...),
+        # given what is known of the request.
         self.refusal = refusal or (
-            lambda status: text_reply(status, HTTPStatus(status).phrase + "\n")
+            lambda status, request: text_reply(status, HTTPStatus(status).phrase + "\n")
         )
         self.log = log
         self.limits = limits

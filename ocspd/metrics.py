@@ -151,6 +151,34 @@ class ResponderMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.revocation_pending_age = Gauge(
+            "ocspd_revocation_request_oldest_pending_seconds",
+            "Age of the oldest revocation, hold or release request not yet applied or refused "
+            "(RM1.1: applied within 60 minutes); 0 when none waits.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.audit_pending = Gauge(
+            "ocspd_audit_pending_records",
+            "Audit records of OCSP requests not yet stored in PostgreSQL (in memory or spooled).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.audit_stored = Counter(
+            "ocspd_audit_stored_records_total",
+            "Audit records of OCSP requests stored in PostgreSQL.",
+            registry=registry,
+        )
+        self.audit_errors = Counter(
+            "ocspd_audit_store_errors_total",
+            "Failed attempts to store audit records (they are kept and retried, or spooled).",
+            registry=registry,
+        )
+        self.audit_refused = Counter(
+            "ocspd_audit_refused_requests_total",
+            "OCSP requests answered tryLater because audit storage was behind (policy tryLater).",
+            registry=registry,
+        )
         self.feed_lag = Gauge(
             "ocspd_change_feed_age_seconds",
             "Seconds since the change feed last polled the status database successfully.",

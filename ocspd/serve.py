@@ -57,7 +57,7 @@ async def _worker(config: Config, index: int, ready: Queue[tuple[int, str | None
     async with contextlib.AsyncExitStack() as stack:
         try:
             responder = await stack.enter_async_context(
-                open_responder(config, CollectorRegistry(), log)
+                open_responder(config, CollectorRegistry(), log, worker=index)
             )
         except OSError as e:  # a database that cannot be reached, most often
             raise OcspdError(f"worker {index} could not start: {e}") from e

@@ -59,7 +59,8 @@ def run_sql(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
 @pytest.fixture(scope="session", autouse=True)
 def audit_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """An audit MAC key for every test (AA7.1: changes are refused without one).
+    """An audit MAC key (and spool directory) for every test (AA7.1: changes are refused
+    without one).
 
     In os.environ for the whole session, so in-process commands and subprocesses alike find
     it; tests of a missing key remove it with monkeypatch.
@@ -68,6 +69,8 @@ def audit_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     write_key_file(path)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("OCSPD_AUDIT_MAC_KEY", f"file:{path}")
+        # Responders that cannot store their request records spool them here, not in /var.
+        patch.setenv("OCSPD_AUDIT_SPOOL_DIR", str(tmp_path_factory.mktemp("audit-spool")))
         yield path
 
 

@@ -45,18 +45,6 @@ INSTALL_BIN = "/opt/ocspd/venv/bin/"
 # test_every_metric_definition_is_read fails when metrics appear anywhere else.
 METRIC_MODULES = ("ocspd.metrics", "crlgen.metrics")
 
-# Announced, not yet exported: metrics that work in progress adds to the code. The dashboard
-# and the rules use them already. Once the code exports one,
-# test_announced_metrics_are_not_exported_yet fails: delete it from this set then.
-NOT_YET_EXPORTED = frozenset(
-    {
-        # gauge: age of the oldest revocation request received and not yet applied (RM1.1)
-        "ocspd_revocation_request_oldest_pending_seconds",
-        # gauge: audit records waiting to be stored (RS3.1)
-        "ocspd_audit_pending_records",
-    }
-)
-
 # Series Prometheus makes itself for every target.
 FROM_PROMETHEUS = frozenset({"up"})
 
@@ -247,17 +235,6 @@ def test_every_metric_definition_is_read() -> None:
             assert family in families, f"{module} defines {name}, which building it did not show"
 
 
-def test_announced_metrics_are_not_exported_yet(exported: frozenset[str]) -> None:
-    landed = sorted(NOT_YET_EXPORTED & exported)
-    assert not landed, (
-        f"{landed} are exported by the code now: delete them from NOT_YET_EXPORTED in "
-        "tests/test_deploy.py, so they are checked like every other metric"
-    )
-    used = set().union(*(metric_names(e) for _, e in dashboard_exprs()))
-    used |= set().union(*(metric_names(rule.expr) for rule in alert_rules()))
-    assert used >= NOT_YET_EXPORTED, "NOT_YET_EXPORTED names a metric nothing here uses"
-
-
 # --- the Grafana dashboard ---
 
 
@@ -285,7 +262,7 @@ def dashboard_exprs() -> list[tuple[str, str]]:
 
 
 def test_dashboard_uses_only_exported_metrics(exported: frozenset[str]) -> None:
-    allowed = exported | NOT_YET_EXPORTED
+    allowed = exported
     unknown = [
         f"{where}: {name}"
         for where, expr in dashboard_exprs()
@@ -401,7 +378,7 @@ def alert_rules() -> list[AlertRule]:
 
 
 def test_rules_use_only_exported_metrics(exported: frozenset[str]) -> None:
-    allowed = exported | NOT_YET_EXPORTED | FROM_PROMETHEUS
+    allowed = exported | FROM_PROMETHEUS
     unknown = [
         f"{rule.name}: {name}"
         for rule in alert_rules()
@@ -591,6 +568,16 @@ def test_capabilities_match_the_example_listen_port() -> None:
     else:
         assert ambient == "" and bounding == "", "no capability is needed for port {port}"
     assert "#   AmbientCapabilities=CAP_NET_BIND_SERVICE" in (UNITS / "ocspd.service").read_text()
+
+
+def test_ocspd_may_write_the_audit_spool() -> None:
+    from ocspd.config import AuditConfig
+
+    service = unit("ocspd.service")["Service"]
+    directory = _example_config()["audit"]["spool_dir"]
+    assert directory == AuditConfig().spool_dir
+    assert directory in service["ReadWritePaths"][-1].split()
+    assert "/var/lib/" + service["StateDirectory"][-1] == directory
 
 
 def test_crlgen_may_write_the_crl_directory() -> None:

@@ -24,12 +24,24 @@ class Response:
     statuses: tuple[AnswerStatus, ...]
     # False for responses that echo a nonce: they are for one client only.
     cacheable: bool = True
+    # For the audit record (RS3.1): the CertIDs answered, as the request sent them, and the
+    # key hash of the responder certificate that signed.
+    cert_ids: tuple[bytes, ...] = ()
+    signer: bytes = b""
 
     # Computed on first use and kept with the response, so a cached response costs no hashing
     # or date formatting per request served.
     @cached_property
+    def sha256(self) -> bytes:
+        return hashlib.sha256(self.der).digest()
+
+    @cached_property
     def etag(self) -> str:
-        return '"' + hashlib.sha256(self.der).hexdigest()[:32] + '"'
+        return '"' + self.sha256.hex()[:32] + '"'
+
+    @cached_property
+    def status_names(self) -> tuple[str, ...]:
+        return tuple(s.name.lower() for s in self.statuses)
 
     @cached_property
     def cache_headers(self) -> dict[str, str]:

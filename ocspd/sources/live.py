@@ -142,7 +142,12 @@ class LiveSource:
                 if stored is not None and request.nonce is None and self._fresh(stored, now):
                     self._stored_hit.inc()
                     return Response(
-                        stored.der, stored.this_update, stored.next_update, (_status(row),)
+                        stored.der,
+                        stored.this_update,
+                        stored.next_update,
+                        (_status(row),),
+                        cert_ids=(cert_id.der,),
+                        signer=issuer.identity.key_hash,
                     )
                 self._stored_miss.inc()
                 rows = {cert_id.serial: row} if row else {}
@@ -195,7 +200,15 @@ class LiveSource:
                 raise Unavailable(f"signer for {issuer.name}: {e}") from e
             self.signer_failing = False
         self._signing_latency.observe(time.perf_counter() - started)
-        return Response(der, now, next_update, statuses, cacheable=request.nonce is None)
+        return Response(
+            der,
+            now,
+            next_update,
+            statuses,
+            cacheable=request.nonce is None,
+            cert_ids=tuple(c.der for c in request.cert_ids),
+            signer=issuer.identity.key_hash,
+        )
 
     def _body(
         self,

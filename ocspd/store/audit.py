@@ -259,6 +259,18 @@ class ChainSource(Protocol):
     ) -> AsyncIterator[tuple[ChainRecord, bytes]]: ...
 
 
+class StreamChecker(Protocol):
+    """A table whose streams verify themselves (ocspd.store.request_audit's segments):
+    yields each stream's final state once it is walked, with its first problem if any."""
+
+    @property
+    def table(self) -> str: ...
+
+    def check(
+        self, conn: asyncpg.Connection, keys: KeyLookup, batch: int = 100
+    ) -> AsyncIterator[tuple[Any, Problem | None]]: ...
+
+
 class AuditEventsSource:
     table = TABLE
 
@@ -318,6 +330,7 @@ async def verify(
     keys: KeyLookup,
     sources: Sequence[ChainSource] = (AuditEventsSource(),),
     batch: int = 1000,
+    checkers: Sequence[StreamChecker] = (),
 ) -> VerifyReport:
     """Check every stream of every source, in one snapshot; the first problem of each stream.
 
@@ -354,7 +367,22 @@ async def verify(
                     if isinstance(table, str) and isinstance(stream, str):
                         registered.append((record.seq, table, stream))
             close(current, source.table)
-        known = {s.table for s in sources}
+        for checker in checkers:
+            async for walked, problem in checker.check(conn, keys):
+                seen.add((checker.table, walked.stream))
+                report.streams.append(
+                    StreamSummary(
+                        checker.table,
+                        walked.stream,
+                        walked.count,
+                        walked.last_seq,
+                        walked.head,
+                        walked.last_at,
+                    )
+                )
+                if problem is not None:
+                    report.problems.append(problem)
+        known = {s.table for s in sources} | {c.table for c in checkers}
         for seq, table, stream in registered:
             if table not in known:
                 report.problems.append(

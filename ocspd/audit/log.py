@@ -1,0 +1,308 @@
+"""RequestAudit: the responder worker's record of every OCSP request (RS3.1, pkio80).
+
+The HTTP handler calls `record()` once per request: it appends a tuple, nothing more, so the
+hot path pays for a list append. Every `flush_interval` the worker seals what was recorded
+into a chained segment (ocspd.audit.requests) and stores it in PostgreSQL. When that fails:
+
+- on_failure = tryLater: sealed segments stay in memory and are retried; once `max_pending`
+  records wait, `refusing` turns true and the handler answers tryLater (and /readyz fails),
+  so the responder never serves more than it can put on record;
+- on_failure = spool: the segment is written to the spool directory (fsync'd, renamed into
+  place) and shipped to PostgreSQL once it answers again, by this worker or any other.
+
+At shutdown whatever could not be stored is spooled (whatever the policy) or, if even that
+fails, reported in the log with its count: records are never dropped without a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ocspd.audit.chain import GENESIS
+from ocspd.audit.mac import AuditKey
+from ocspd.audit.requests import RequestRecord, Segment, seal, stream_key
+from ocspd.config import AuditConfig, AuditFailure
+from ocspd.store import audit as audit_store
+from ocspd.store import request_audit
+
+# Records per segment row: large enough that a row per flush is cheap for the database,
+# small enough that `audit search` decodes little beyond the range it asks for.
+SEGMENT_RECORDS = 5_000
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+Row = tuple[int, str, str, str, str, bool, tuple[bytes, ...], tuple[str, ...], bytes, bytes]
+
+
+def new_stream_name(worker: int) -> str:
+    """One stream per worker process and start: ocsp/<host>/<pid>.<worker>/<start µs>."""
+    host = "".join(c if c.isalnum() or c in ".-" else "-" for c in socket.gethostname())[:60]
+    return f"ocsp/{host or 'host'}/{os.getpid()}.{worker}/{time.time_ns() // 1000}"
+
+
+class RequestAudit:
+    def __init__(
+        self,
+        stream: str,
+        key: AuditKey,
+        pool: asyncpg.Pool,
+        config: AuditConfig,
+        log: logging.Logger,
+        on_stored: Callable[[int], None] = lambda n: None,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.stream = stream
+        self._key = key
+        self._key_id = key.key_id
+        self._skey = stream_key(key, stream)
+        self._pool = pool
+        self._config = config
+        self._spool = Path(config.spool_dir)
+        self._log = log
+        self._on_stored = on_stored
+        self._on_error = on_error
+        self._rows: list[Row] = []
+        self._unsent: collections.deque[Segment] = collections.deque()
+        self._unsent_records = 0
+        self.spooled_records = 0
+        self._seq = 0
+        self._head = GENESIS
+        self._failing_since: float | None = None
+        self._next_ship = 0.0
+
+    # --- the hot path -----------------------------------------------------------------------
+
+    def record(
+        self,
+        client: str,
+        server: str,
+        method: str,
+        outcome: str,
+        nonce: bool,
+        cert_ids: tuple[bytes, ...],
+        statuses: tuple[str, ...],
+        response_sha256: bytes,
+        signer: bytes,
+    ) -> None:
+        self._rows.append(
+            (
+                time.time_ns() // 1000,
+                client,
+                server,
+                method,
+                outcome,
+                nonce,
+                cert_ids,
+                statuses,
+                response_sha256,
+                signer,
+            )
+        )
+
+    @property
+    def pending(self) -> int:
+        """Records not in PostgreSQL yet (in memory or in this worker's spool)."""
+        return len(self._rows) + self._unsent_records + self.spooled_records
+
+    @property
+    def refusing(self) -> bool:
+        """tryLater policy: true while the backlog in memory is full."""
+        return (
+            self._config.on_failure is AuditFailure.TRY_LATER
+            and len(self._rows) + self._unsent_records >= self._config.max_pending
+        )
+
+    # --- the stream ------------------------------------------------------------------------
+
+    async def open(self, detail: dict[str, Any]) -> None:
+        """Register the stream (in audit_events' registry) and write its first record, in one
+        transaction: verify then knows the stream exists and notices if it goes missing."""
+        self.record("", "", "", "stream-open", False, (), (), b"", b"")
+        segment = self._seal()
+        assert segment is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await audit_store.register_stream(
+                conn, self._key, request_audit.TABLE, self.stream, detail
+            )
+            await request_audit.insert(conn, segment)
+
+    def _seal(self, limit: int = SEGMENT_RECORDS) -> Segment | None:
+        if not self._rows:
+            return None
+        rows, self._rows = self._rows[:limit], self._rows[limit:]
+        records = []
+        for row in rows:
+            self._seq += 1
+            records.append(RequestRecord(self._seq, *row))
+        segment, self._head = seal(self.stream, self._key_id, self._skey, self._head, records)
+        return segment
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        interval = self._config.flush_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush()
+            except Exception:  # never let the writer die: the backlog would grow unseen
+                self._log.exception("audit writer failed; retrying")
+
+    async def flush(self) -> None:
+        while True:
+            segment = self._seal()
+            if segment is None:
+                break
+            self._unsent.append(segment)
+            self._unsent_records += _count(segment)
+        while self._unsent:
+            segment = self._unsent[0]
+            if not await self._store(segment):
+                if self._config.on_failure is AuditFailure.SPOOL:
+                    self._spool_unsent()
+                break
+            self._unsent.popleft()
+            self._unsent_records -= _count(segment)
+        # Spooled segments (this worker's, or left by one that stopped) go in once storage
+        # answers; while it fails, one try a second is enough.
+        now = time.monotonic()
+        if not self._unsent and now >= self._next_ship and self._spool.is_dir():
+            self._next_ship = now + (1.0 if self._failing_since is not None else 0.0)
+            await self._ship_spool()
+
+    async def _store(self, segment: Segment) -> bool:
+        try:
+            await asyncio.wait_for(request_audit.insert(self._pool, segment), timeout=5)
+        except DB_ERRORS as e:
+            self._on_error()
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                self._log.error(
+                    "audit storage failed; records are kept and retried",
+                    extra={
+                        "error": str(e).splitlines()[0] if str(e) else type(e).__name__,
+                        "policy": self._config.on_failure.value,
+                        "pending": self.pending,
+                    },
+                )
+            return False
+        if self._failing_since is not None:
+            self._log.warning(
+                "audit storage is back",
+                extra={"seconds": round(time.monotonic() - self._failing_since, 1)},
+            )
+            self._failing_since = None
+        self._on_stored(_count(segment))
+        return True
+
+    # --- the spool -------------------------------------------------------------------------
+
+    def _spool_unsent(self) -> bool:
+        """Move every unsent segment to disk; False (and nothing moved) if that fails."""
+        try:
+            self._spool.mkdir(parents=True, exist_ok=True)
+            for segment in self._unsent:
+                write_spooled(self._spool, segment)
+        except OSError as e:
+            self._log.error(
+                "cannot spool audit records; they stay in memory",
+                extra={"error": str(e), "spool_dir": str(self._spool)},
+            )
+            return False
+        self.spooled_records += self._unsent_records
+        self._unsent.clear()
+        self._unsent_records = 0
+        return True
+
+    async def _ship_spool(self) -> None:
+        for path in sorted(self._spool.glob("*.seg")):
+            try:
+                with path.open("rb") as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # another worker ships it
+                    if not path.exists():
+                        continue  # shipped and removed while we opened it
+                    segment = read_spooled(f.read())
+                    if not await self._store(segment):
+                        return
+                    path.unlink()
+                    if segment.stream == self.stream:
+                        self.spooled_records = max(0, self.spooled_records - _count(segment))
+            except (OSError, ValueError) as e:
+                self._log.error(
+                    "cannot ship a spooled audit segment",
+                    extra={"file": str(path), "error": str(e)},
+                )
+
+    async def close(self) -> None:
+        """Store what is left; spool what cannot be stored; say so if even that fails."""
+        with contextlib.suppress(Exception):
+            await self.flush()
+        if self._unsent and not self._spool_unsent():
+            self._log.error(
+                "audit records could not be stored or spooled at shutdown",
+                extra={"records": self._unsent_records, "stream": self.stream},
+            )
+
+
+def _count(segment: Segment) -> int:
+    return segment.last_seq - segment.first_seq + 1
+
+
+# A spooled segment: one JSON header line, then the records as stored.
+
+
+def write_spooled(directory: Path, segment: Segment) -> Path:
+    safe = segment.stream.replace("/", "_")
+    path = directory / f"{safe}.{segment.first_seq:020d}.seg"
+    header = {
+        "stream": segment.stream,
+        "first_seq": segment.first_seq,
+        "last_seq": segment.last_seq,
+        "first_at": segment.first_at.isoformat(),
+        "last_at": segment.last_at.isoformat(),
+        "key_id": segment.key_id,
+    }
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as f:
+        f.write(json.dumps(header).encode() + b"\n" + segment.records)
+        f.flush()
+        os.fsync(f.fileno())
+    partial.rename(path)  # complete or absent, never half there
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the rename itself survives a crash
+    finally:
+        os.close(fd)
+    return path
+
+
+def read_spooled(data: bytes) -> Segment:
+    line, sep, records = data.partition(b"\n")
+    if not sep:
+        raise ValueError("spooled segment has no header")
+    header = json.loads(line)
+    return Segment(
+        header["stream"],
+        int(header["first_seq"]),
+        int(header["last_seq"]),
+        dt.datetime.fromisoformat(header["first_at"]),
+        dt.datetime.fromisoformat(header["last_at"]),
+        header["key_id"],
+        records,
+    )

@@ -1,0 +1,240 @@
+"""Audit records of OCSP requests (RS3.1, pkio80): encoding, chaining, segments (AA7.1-2).
+
+One record per request served: time, client and server address, method, outcome, whether a
+nonce was present, the CertIDs asked about and the status given for each, the SHA-256 of
+the response sent, and the key hash of the responder certificate that signed it.
+
+Each responder worker writes one stream of records. Record i carries
+
+    mac_i = HMAC-SHA256(stream key, mac_{i-1} || encode(record_i)),  mac_0 = 32 zero octets
+
+where the stream key is derived once per stream from the audit key (a MAC over the stream's
+name), so a PKCS#11 audit key is asked once per worker, not once per request, and never
+leaves its token. Records are stored in segments (a run of consecutive records per row);
+`verify_segments` walks a stream's segments and names the first record that was modified,
+deleted or moved.
+
+The encoding is unambiguous: a version octet, seq and time as 8-octet integers, the nonce
+flag, then every variable field with a 2-octet length, CertIDs and statuses counted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ocspd.audit.chain import GENESIS, MAC_BYTES, MacKey, Problem
+
+_VERSION = 1
+_HEAD = struct.Struct(">BqqBB")  # version, seq, at (µs), nonce, number of CertIDs
+_LEN = struct.Struct(">H")
+_RECORD_LEN = struct.Struct(">I")
+_STREAM_KEY_LABEL = b"ocspd ocsp-audit stream key v1\x00"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    seq: int
+    at_us: int  # UTC, microseconds since 1970
+    client: str
+    server: str
+    method: str
+    outcome: str
+    nonce: bool
+    cert_ids: tuple[bytes, ...]  # DER, as received
+    statuses: tuple[str, ...]  # one per CertID answered (none for an error response)
+    response_sha256: bytes
+    signer: bytes  # key hash of the signing responder certificate; empty if unsigned
+
+    @property
+    def at(self) -> dt.datetime:
+        return _EPOCH + dt.timedelta(microseconds=self.at_us)
+
+
+def describe_cert_id(der: bytes) -> str:
+    """A CertID for people: hash algorithm, issuer key hash (first octets), serial in hex."""
+    from asn1crypto.ocsp import CertId
+
+    try:
+        cert_id = CertId.load(der, strict=True)
+        algorithm = cert_id["hash_algorithm"]["algorithm"].native
+        key_hash = cert_id["issuer_key_hash"].native.hex()[:16]
+        serial = cert_id["serial_number"].native
+    except ValueError:
+        return "unreadable:" + der.hex()[:32]
+    return f"{algorithm}:{key_hash}:{serial:X}"
+
+
+def stream_key(key: MacKey, stream: str) -> bytes:
+    """The stream's MAC key: derived, so the audit key itself is used once per stream."""
+    return key.mac(_STREAM_KEY_LABEL + stream.encode())
+
+
+def _field(value: bytes) -> bytes:
+    return _LEN.pack(len(value)) + value
+
+
+def encode(record: RequestRecord) -> bytes:
+    parts = [
+        _HEAD.pack(_VERSION, record.seq, record.at_us, record.nonce, len(record.cert_ids)),
+        _field(record.client.encode()),
+        _field(record.server.encode()),
+        _field(record.method.encode()),
+        _field(record.outcome.encode()),
+        _field(record.response_sha256),
+        _field(record.signer),
+    ]
+    parts.extend(_field(c) for c in record.cert_ids)
+    parts.append(_LEN.pack(len(record.statuses)))
+    parts.extend(_field(s.encode()) for s in record.statuses)
+    return b"".join(parts)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise ValueError("record truncated")
+        value = self.data[self.at : self.at + n]
+        self.at += n
+        return value
+
+    def field(self) -> bytes:
+        (n,) = _LEN.unpack(self.take(_LEN.size))
+        return self.take(n)
+
+
+def decode(data: bytes) -> RequestRecord:
+    reader = _Reader(data)
+    version, seq, at_us, nonce, count = _HEAD.unpack(reader.take(_HEAD.size))
+    if version != _VERSION:
+        raise ValueError(f"record version {version} is unknown")
+    client, server, method, outcome, digest, signer = (reader.field() for _ in range(6))
+    cert_ids = tuple(reader.field() for _ in range(count))
+    (n_statuses,) = _LEN.unpack(reader.take(_LEN.size))
+    statuses = tuple(reader.field().decode() for _ in range(n_statuses))
+    if reader.at != len(data):
+        raise ValueError("trailing bytes after the record")
+    return RequestRecord(
+        seq,
+        at_us,
+        client.decode(),
+        server.decode(),
+        method.decode(),
+        outcome.decode(),
+        bool(nonce),
+        cert_ids,
+        statuses,
+        digest,
+        signer,
+    )
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Consecutive records of one stream, each followed by its MAC, as stored in one row."""
+
+    stream: str
+    first_seq: int
+    last_seq: int
+    first_at: dt.datetime
+    last_at: dt.datetime
+    key_id: str
+    records: bytes
+
+
+def seal(
+    stream: str, key_id: str, skey: bytes, previous: bytes, records: Sequence[RequestRecord]
+) -> tuple[Segment, bytes]:
+    """Chain `records` (consecutive, after the record whose MAC is `previous`) into a
+    segment; returns it and the MAC of its last record, for the next segment."""
+    if not records:
+        raise ValueError("a segment holds at least one record")
+    out = []
+    mac = previous
+    for record in records:
+        data = encode(record)
+        mac = hmac.digest(skey, mac + data, "sha256")
+        out.append(_RECORD_LEN.pack(len(data)) + data + mac)
+    first, last = records[0], records[-1]
+    return (
+        Segment(stream, first.seq, last.seq, first.at, last.at, key_id, b"".join(out)),
+        mac,
+    )
+
+
+def unpack(records: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(encoded record, its MAC) for each record of a segment's `records`."""
+    at = 0
+    while at < len(records):
+        if at + _RECORD_LEN.size > len(records):
+            raise ValueError("segment truncated")
+        (n,) = _RECORD_LEN.unpack_from(records, at)
+        at += _RECORD_LEN.size
+        data, mac = records[at : at + n], records[at + n : at + n + MAC_BYTES]
+        if len(data) != n or len(mac) != MAC_BYTES:
+            raise ValueError("segment truncated")
+        at += n + MAC_BYTES
+        yield data, mac
+
+
+class SegmentVerifier:
+    """Walks one stream's segments in order and stops at its first problem."""
+
+    def __init__(self, stream: str, key: MacKey | None, key_id: str) -> None:
+        self.stream = stream
+        self._skey = stream_key(key, stream) if key is not None else None
+        self._key_id = key_id
+        self.count = 0
+        self.last_seq = 0
+        self.head = GENESIS
+        self.last_at: dt.datetime | None = None
+        self.problem: Problem | None = None
+
+    def feed(self, segment: Segment) -> Problem | None:
+        if self.problem is not None:
+            return self.problem
+        if self._skey is None or segment.key_id != self._key_id:
+            return self._fail(
+                segment.first_seq,
+                f"made with audit key {segment.key_id}, which is not among the keys given "
+                "(add a retired key with --key)",
+            )
+        if segment.first_seq != self.last_seq + 1:
+            expected = self.last_seq + 1
+            if segment.first_seq < expected:
+                return self._fail(segment.first_seq, "segment overlaps the one before")
+            return self._fail(None, f"seq {expected}..{segment.first_seq - 1} missing (deleted)")
+        seq = segment.first_seq
+        try:
+            for data, mac in unpack(segment.records):
+                if mac != hmac.digest(self._skey, self.head + data, "sha256"):
+                    return self._fail(seq, "MAC mismatch (record modified or reordered)")
+                record = decode(data)
+                if record.seq != seq:
+                    return self._fail(seq, f"record says seq {record.seq} (record moved)")
+                self.head = mac
+                self.last_seq = seq
+                self.last_at = record.at
+                self.count += 1
+                seq += 1
+        except ValueError as e:
+            return self._fail(seq, f"segment unreadable: {e} (modified)")
+        if self.last_seq != segment.last_seq:
+            return self._fail(
+                segment.first_seq,
+                f"segment claims seq {segment.first_seq}..{segment.last_seq} but holds "
+                f"records up to {self.last_seq} (modified)",
+            )
+        return None
+
+    def _fail(self, seq: int | None, message: str) -> Problem:
+        self.problem = Problem(self.stream, seq, message)
+        return self.problem

@@ -1,0 +1,318 @@
+"""Every OCSP request on record (RS3.1, pkio80), chained (AA7.1-2), and what happens when
+audit storage fails (AA1.1 e): real responders, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from conftest import Cli, Pki
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+from responder import Responder, http_get, http_post, start_responder
+
+from ocspd.audit.chain import GENESIS
+from ocspd.audit.requests import (
+    RequestRecord,
+    SegmentVerifier,
+    decode,
+    encode,
+    seal,
+    stream_key,
+    unpack,
+)
+
+
+class Key:
+    key_id = "test-key"
+
+    def mac(self, data: bytes) -> bytes:
+        return hmac.digest(b"k" * 32, data, "sha256")
+
+
+def _records(n: int, start: int = 1) -> list[RequestRecord]:
+    return [
+        RequestRecord(
+            seq,
+            1_700_000_000_000_000 + seq,
+            "192.0.2.7",
+            "127.0.0.1:8080",
+            "POST",
+            "successful",
+            seq % 2 == 0,
+            (b"\x30\x03cid",),
+            ("good",),
+            bytes(32),
+            b"\x01" * 20,
+        )
+        for seq in range(start, start + n)
+    ]
+
+
+def _verify(segments: list) -> SegmentVerifier:  # type: ignore[type-arg]
+    verifier = SegmentVerifier("ocsp/t", Key(), "test-key")
+    for segment in segments:
+        if verifier.feed(segment) is not None:
+            break
+    return verifier
+
+
+# --- the chain on its own ----------------------------------------------------------------
+
+
+def test_records_round_trip_and_chain_across_segments() -> None:
+    for record in _records(3):
+        assert decode(encode(record)) == record
+    skey = stream_key(Key(), "ocsp/t")
+    first, head = seal("ocsp/t", "test-key", skey, GENESIS, _records(3))
+    second, _ = seal("ocsp/t", "test-key", skey, head, _records(2, start=4))
+    verifier = _verify([first, second])
+    assert verifier.problem is None and verifier.count == 5 and verifier.last_seq == 5
+
+
+def test_a_modified_deleted_or_swapped_record_is_named() -> None:
+    skey = stream_key(Key(), "ocsp/t")
+    first, head = seal("ocsp/t", "test-key", skey, GENESIS, _records(3))
+    second, _ = seal("ocsp/t", "test-key", skey, head, _records(3, start=4))
+
+    # Modified: the client address of record 5 changed in place.
+    parts = list(unpack(second.records))
+    data, mac = parts[1]
+    forged = data.replace(b"192.0.2.7", b"192.0.2.8")
+    records = b"".join(
+        len(d).to_bytes(4, "big") + d + m for d, m in [parts[0], (forged, mac), parts[2]]
+    )
+    problem = _verify([first, replace_records(second, records)]).problem
+    assert problem is not None and problem.seq == 5 and "MAC mismatch" in problem.message
+
+    # Deleted: the first segment is gone.
+    problem = _verify([second]).problem
+    assert problem is not None and "seq 1..3 missing" in problem.message
+
+    # Swapped: records 4 and 5 trade places.
+    swapped = b"".join(len(d).to_bytes(4, "big") + d + m for d, m in [parts[1], parts[0], parts[2]])
+    problem = _verify([first, replace_records(second, swapped)]).problem
+    assert problem is not None and problem.seq == 4
+
+    # Another key: not verifiable with ours.
+    problem = SegmentVerifier("ocsp/t", None, "other").feed(first)
+    assert problem is not None and "not among the keys" in problem.message
+
+
+def replace_records(segment, records: bytes):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(segment, records=records)
+
+
+# --- a real responder --------------------------------------------------------------------
+
+
+def _request(pki: Pki, cert: x509.Certificate) -> bytes:
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, pki.ca.cert, hashes.SHA1())
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def _leaf(ocspd: Cli, pki: Pki, name: str) -> x509.Certificate:
+    path = pki.leaf(name)
+    ocspd.ok("cert", "import", "--issuer", "ca", path)
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _search(ocspd: Cli) -> list[dict]:  # type: ignore[type-arg]
+    out = ocspd.ok("audit", "search", "--type", "ocsp-request", "--json")
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _as_role(url: str, role: str, statement: str) -> list[Any]:
+    async def go() -> list[Any]:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(f"SET ROLE {role}")
+            return list(await conn.fetch(statement))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def _requests_on_record(ocspd: Cli) -> list[dict]:  # type: ignore[type-arg]
+    return [r for r in _search(ocspd) if r["outcome"] != "stream-open"]
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_every_request_served_has_exactly_one_record(
+    ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path
+) -> None:
+    import base64
+
+    good = _leaf(ocspd, pki, "audited")
+    request = _request(pki, good)
+    responder = start_responder(ocspd.url, tmp_path, workers=2)
+    sent = 0
+    try:
+        for _ in range(20):
+            assert http_post(responder.url, request)[0] == 200
+            sent += 1
+        get = base64.b64encode(request).decode()
+        for _ in range(5):
+            assert http_get(responder.url + get)[0] == 200
+            sent += 1
+        assert http_post(responder.url, b"\x30\x03garbage")[0] == 200  # malformedRequest
+        sent += 1
+        assert http_post(responder.url, b"x" * 20_000)[0] == 413  # over the cap
+        sent += 1
+    finally:
+        assert responder.stop() == 0  # SIGTERM: the workers store what they hold
+    records = _requests_on_record(ocspd)
+    assert len(records) == sent
+    assert sorted({r["outcome"] for r in records}) == ["malformedRequest", "successful"]
+    served = [r for r in records if r["outcome"] == "successful"]
+    assert all(r["statuses"] == ["good"] and len(r["cert_ids"]) == 1 for r in served)
+    assert all(r["client"] == "127.0.0.1" and r["server"].startswith("127.0.0.1:") for r in records)
+    assert {r["method"] for r in served} == {"GET", "POST"}
+    # Two workers, two streams, each registered and each verifying.
+    streams = {r["stream"] for r in _search(ocspd)}
+    assert len(streams) == 2
+    verified = ocspd.ok("audit", "verify", "--verbose")
+    assert "audit trail intact" in verified
+    assert all(s in verified for s in streams)
+
+
+def start_one(ocspd: Cli, tmp_path: Path) -> Responder:
+    return start_responder(ocspd.url, tmp_path, workers=1)
+
+
+def test_recorded_response_hash_matches_what_was_sent(
+    ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path
+) -> None:
+    cert = _leaf(ocspd, pki, "hashed")
+    responder = start_one(ocspd, tmp_path)
+    try:
+        _, _, body = http_post(responder.url, _request(pki, cert))
+    finally:
+        responder.stop()
+    [record] = _requests_on_record(ocspd)
+    assert record["response_sha256"] == hashlib.sha256(body).hexdigest()
+    basic = ocsp.load_der_ocsp_response(body)
+    assert record["signer"] == basic.responder_key_hash.hex()  # type: ignore[union-attr]
+
+
+def test_tampering_with_stored_segments_is_found(
+    ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path
+) -> None:
+    cert = _leaf(ocspd, pki, "tampered")
+    responder = start_one(ocspd, tmp_path)
+    try:
+        for _ in range(3):
+            http_post(responder.url, _request(pki, cert))
+    finally:
+        responder.stop()
+    assert ocspd("audit", "verify").code == 0
+    # An attacker with superuser rights turns the append-only trigger off and edits.
+    ocspd.sql("ALTER TABLE ocsp_audit_segments DISABLE TRIGGER ocsp_audit_segments_append_only")
+    ocspd.sql(
+        "UPDATE ocsp_audit_segments SET records = overlay(records placing '\\x58'::bytea "
+        "from 30 for 1) WHERE first_seq > 1"
+    )
+    result = ocspd("audit", "verify")
+    assert result.code == 1 and "ocsp/" in result.err and "seq 2" in result.err, result.err
+    ocspd.sql("DELETE FROM ocsp_audit_segments")
+    result = ocspd("audit", "verify")
+    assert result.code == 1 and "stream deleted" in result.err, result.err
+
+
+def test_no_role_can_change_request_records(
+    ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path
+) -> None:
+    cert = _leaf(ocspd, pki, "fixed")
+    responder = start_one(ocspd, tmp_path)
+    try:
+        http_post(responder.url, _request(pki, cert))
+    finally:
+        responder.stop()
+    for role in ("ocspd_responder", "ocspd_auditor", "ocspd_officer", "ocspd_admin"):
+        for statement in (
+            "UPDATE ocsp_audit_segments SET key_id = 'x'",
+            "DELETE FROM ocsp_audit_segments",
+        ):
+            with pytest.raises(asyncpg.PostgresError, match=r"permission denied|append-only"):
+                _as_role(ocspd.url, role, statement)
+    with pytest.raises(asyncpg.PostgresError, match="append-only"):
+        ocspd.sql("DELETE FROM ocsp_audit_segments")  # not even the owner
+    # The auditor reads them (and cannot write).
+    [row] = _as_role(ocspd.url, "ocspd_auditor", "SELECT count(*) AS n FROM ocsp_audit_segments")
+    assert row["n"] >= 2
+    with pytest.raises(asyncpg.PostgresError, match="permission denied"):
+        _as_role(
+            ocspd.url,
+            "ocspd_auditor",
+            "INSERT INTO ocsp_audit_segments VALUES ('ocsp/x', 1, 1, now(), now(), 'k', '')",
+        )
+
+
+def _storage_down(ocspd: Cli) -> None:
+    ocspd.sql("REVOKE INSERT ON ocsp_audit_segments FROM ocspd_responder")
+
+
+def _storage_up(ocspd: Cli) -> None:
+    ocspd.sql("GRANT INSERT ON ocsp_audit_segments TO ocspd_responder")
+
+
+@pytest.mark.parametrize("policy", ["tryLater", "spool"])
+def test_audit_storage_down(ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path, policy: str) -> None:
+    """tryLater: once max_pending records wait, the answer is tryLater and /readyz fails;
+    spool: answers go on, records wait on disk. Either way, after storage is back, every
+    request answered is on record and the chain verifies."""
+    cert = _leaf(ocspd, pki, f"down-{policy}")
+    request = _request(pki, cert)
+    spool = tmp_path / "spool"
+    config = (
+        f'[audit]\non_failure = "{policy}"\nmax_pending = 100\nspool_dir = "{spool}"\n'
+        'flush_interval = "50ms"\n'
+    )
+    responder = start_responder(ocspd.url, tmp_path, workers=1, config=config)
+    answered = 0
+    refused = 0
+    try:
+        _storage_down(ocspd)
+        for _ in range(150):
+            status = ocsp.load_der_ocsp_response(http_post(responder.url, request)[2])
+            if status.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL:
+                answered += 1
+            else:
+                assert status.response_status == ocsp.OCSPResponseStatus.TRY_LATER
+                refused += 1
+        if policy == "tryLater":
+            assert refused > 0 and answered >= 100
+            assert http_get(responder.url + "readyz")[0] == 503
+            metrics = responder.metrics(wait_for=r"ocspd_audit_refused_requests_total \d")
+            assert "ocspd_audit_pending_records" in metrics
+        else:
+            assert refused == 0
+            _wait_for(lambda: any(spool.glob("*.seg")))
+        _storage_up(ocspd)
+        _wait_for(lambda: http_get(responder.url + "readyz")[0] == 200)
+        _wait_for(lambda: len(_requests_on_record(ocspd)) >= answered)
+        if policy == "spool":
+            _wait_for(lambda: not any(spool.glob("*.seg")))
+    finally:
+        _storage_up(ocspd)
+        responder.stop()
+    records = _requests_on_record(ocspd)
+    assert len([r for r in records if r["outcome"] == "successful"]) == answered
+    assert ocspd("audit", "verify").code == 0

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from ocspd.audit.log import RequestAudit
+from ocspd.audit.requests import answer_fields, field
 from ocspd.config import ResponderConfig
 from ocspd.crlfiles import CrlFiles
 from ocspd.errors import Unauthorized, Unavailable
@@ -95,6 +96,14 @@ class OcspHandler:
         # One audit record per OCSP request (RS3.1); None when [audit] requests = off.
         self._audit = audit
         self._audit_refused = metrics.tally(metrics.audit_refused)
+        # Encoded once: the record fields that repeat (addresses of a connection, method and
+        # outcome).
+        self._address_fields: dict[tuple[str | None, str | None], bytes] = {}
+        self._method_outcome = {
+            (m, o): field(m.encode()) + field(o.encode())
+            for m in (*_METHODS, "other")
+            for o in _OUTCOMES
+        }
         self._crls = crls
         self._prefix = config.path
         self._max_bytes = config.max_request_bytes
@@ -265,6 +274,13 @@ class OcspHandler:
         reply = HttpReply(200, _CONTENT_TYPE + cache_control + answer.header_lines, answer.der)
         return self._done(request, method, "successful", started, reply, answer, nonce=nonce)
 
+    def _addresses(self, request: HttpRequest) -> bytes:
+        if len(self._address_fields) > 10_000:
+            self._address_fields.clear()  # many clients: start over rather than grow
+        encoded = field((request.remote or "").encode()) + field((request.local or "").encode())
+        self._address_fields[request.remote, request.local] = encoded
+        return encoded
+
     def _done(
         self,
         request: HttpRequest,
@@ -284,29 +300,13 @@ class OcspHandler:
         if audit is not None:
             if answer is not None:
                 # A 304 sent no body: the record names the response its ETag stands for.
-                audit.record(
-                    request.remote or "",
-                    request.local or "",
-                    method,
-                    outcome,
-                    nonce,
-                    answer.cert_ids,
-                    answer.status_names,
-                    answer.sha256,
-                    answer.signer,
-                )
+                answered = answer.audit_fields
             else:
-                audit.record(
-                    request.remote or "",
-                    request.local or "",
-                    method,
-                    outcome,
-                    nonce,
-                    cert_ids,
-                    (),
-                    hashlib.sha256(reply.body).digest(),
-                    b"",
-                )
+                answered = answer_fields(hashlib.sha256(reply.body).digest(), b"", cert_ids, ())
+            addresses = self._address_fields.get((request.remote, request.local))
+            if addresses is None:
+                addresses = self._addresses(request)
+            audit.record(nonce, addresses + self._method_outcome[method, outcome] + answered)
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug(
                 "request",

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,8 @@ def test_a_modified_deleted_or_swapped_record_is_named() -> None:
     parts = list(unpack(second.records))
     data, mac = parts[1]
     forged = data.replace(b"192.0.2.7", b"192.0.2.8")
-    records = b"".join(
-        len(d).to_bytes(4, "big") + d + m for d, m in [parts[0], (forged, mac), parts[2]]
+    records = zlib.compress(
+        b"".join(len(d).to_bytes(4, "big") + d + m for d, m in [parts[0], (forged, mac), parts[2]])
     )
     problem = _verify([first, replace_records(second, records)]).problem
     assert problem is not None and problem.seq == 5 and "MAC mismatch" in problem.message
@@ -98,9 +99,15 @@ def test_a_modified_deleted_or_swapped_record_is_named() -> None:
     assert problem is not None and "seq 1..3 missing" in problem.message
 
     # Swapped: records 4 and 5 trade places.
-    swapped = b"".join(len(d).to_bytes(4, "big") + d + m for d, m in [parts[1], parts[0], parts[2]])
+    swapped = zlib.compress(
+        b"".join(len(d).to_bytes(4, "big") + d + m for d, m in [parts[1], parts[0], parts[2]])
+    )
     problem = _verify([first, replace_records(second, swapped)]).problem
     assert problem is not None and problem.seq == 4
+
+    # Not even readable any more: named at the segment's first record.
+    problem = _verify([first, replace_records(second, second.records[:-5])]).problem
+    assert problem is not None and problem.seq == 4 and "unreadable" in problem.message
 
     # Another key: not verifiable with ours.
     problem = SegmentVerifier("ocsp/t", None, "other").feed(first)
@@ -281,11 +288,14 @@ def test_audit_storage_down(ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path, p
     cert = _leaf(ocspd, pki, f"down-{policy}")
     request = _request(pki, cert)
     spool = tmp_path / "spool"
-    config = (
-        f'[audit]\non_failure = "{policy}"\nmax_pending = 100\nspool_dir = "{spool}"\n'
-        'flush_interval = "50ms"\n'
+    config = f'[audit]\non_failure = "{policy}"\nmax_pending = 100\nflush_interval = "50ms"\n'
+    responder = start_responder(
+        ocspd.url,
+        tmp_path,
+        workers=1,
+        config=config,
+        extra_env={"OCSPD_AUDIT_SPOOL_DIR": str(spool)},  # the environment wins over the file
     )
-    responder = start_responder(ocspd.url, tmp_path, workers=1, config=config)
     answered = 0
     refused = 0
     try:
@@ -316,3 +326,18 @@ def test_audit_storage_down(ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path, p
     records = _requests_on_record(ocspd)
     assert len([r for r in records if r["outcome"] == "successful"]) == answered
     assert ocspd("audit", "verify").code == 0
+
+
+def test_stream_mac_is_hmac_sha256() -> None:
+    """The precomputed-state HMAC used per record equals RFC 2104 HMAC-SHA256 (so `audit
+    verify` and anyone else can check records with any HMAC implementation)."""
+    import os
+
+    from ocspd.audit.requests import StreamMac
+
+    for key_length in (16, 32, 64, 100):
+        key = os.urandom(key_length)
+        mac = StreamMac(key)
+        for _ in range(20):
+            a, b = os.urandom(32), os.urandom(200)
+            assert mac(a, b) == hmac.digest(key, a + b, "sha256")

@@ -32,19 +32,25 @@ from typing import Any
 
 import asyncpg
 
-from ocspd.audit.chain import GENESIS
 from ocspd.audit.mac import AuditKey
-from ocspd.audit.requests import RequestRecord, Segment, seal, stream_key
+from ocspd.audit.requests import (
+    Pending,
+    Sealer,
+    Segment,
+    answer_fields,
+    field,
+    make_segment,
+    stream_key,
+)
 from ocspd.config import AuditConfig, AuditFailure
 from ocspd.store import audit as audit_store
 from ocspd.store import request_audit
 
-# Records per segment row: large enough that a row per flush is cheap for the database,
-# small enough that `audit search` decodes little beyond the range it asks for.
-SEGMENT_RECORDS = 5_000
+# Records per segment row: large enough that rows are few for the database, small enough
+# that sealing one does not hold the event loop long (it yields between segments) and that
+# `audit search` decodes little beyond the range it asks for.
+SEGMENT_RECORDS = 2_000
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-
-Row = tuple[int, str, str, str, str, bool, tuple[bytes, ...], tuple[str, ...], bytes, bytes]
 
 
 def new_stream_name(worker: int) -> str:
@@ -66,51 +72,26 @@ class RequestAudit:
     ) -> None:
         self.stream = stream
         self._key = key
-        self._key_id = key.key_id
-        self._skey = stream_key(key, stream)
+        self._sealer = Sealer(stream, key.key_id, stream_key(key, stream))
         self._pool = pool
         self._config = config
         self._spool = Path(config.spool_dir)
         self._log = log
         self._on_stored = on_stored
         self._on_error = on_error
-        self._rows: list[Row] = []
+        self._rows: list[Pending] = []
         self._unsent: collections.deque[Segment] = collections.deque()
         self._unsent_records = 0
         self.spooled_records = 0
-        self._seq = 0
-        self._head = GENESIS
         self._failing_since: float | None = None
         self._next_ship = 0.0
 
     # --- the hot path -----------------------------------------------------------------------
 
-    def record(
-        self,
-        client: str,
-        server: str,
-        method: str,
-        outcome: str,
-        nonce: bool,
-        cert_ids: tuple[bytes, ...],
-        statuses: tuple[str, ...],
-        response_sha256: bytes,
-        signer: bytes,
-    ) -> None:
-        self._rows.append(
-            (
-                time.time_ns() // 1000,
-                client,
-                server,
-                method,
-                outcome,
-                nonce,
-                cert_ids,
-                statuses,
-                response_sha256,
-                signer,
-            )
-        )
+    def record(self, nonce: bool, fields: bytes) -> None:
+        """One request: `fields` is the record after its head, already encoded: client,
+        server, method and outcome fields, then ocspd.audit.requests.answer_fields."""
+        self._rows.append((time.time_ns() // 1000, nonce, fields))
 
     @property
     def pending(self) -> int:
@@ -130,7 +111,8 @@ class RequestAudit:
     async def open(self, detail: dict[str, Any]) -> None:
         """Register the stream (in audit_events' registry) and write its first record, in one
         transaction: verify then knows the stream exists and notices if it goes missing."""
-        self.record("", "", "", "stream-open", False, (), (), b"", b"")
+        empty = field(b"")
+        self.record(False, empty * 3 + field(b"stream-open") + answer_fields(b"", b"", (), ()))
         segment = self._seal()
         assert segment is not None
         async with self._pool.acquire() as conn, conn.transaction():
@@ -143,12 +125,8 @@ class RequestAudit:
         if not self._rows:
             return None
         rows, self._rows = self._rows[:limit], self._rows[limit:]
-        records = []
-        for row in rows:
-            self._seq += 1
-            records.append(RequestRecord(self._seq, *row))
-        segment, self._head = seal(self.stream, self._key_id, self._skey, self._head, records)
-        return segment
+        packed, *bounds = self._sealer.seal(rows)
+        return make_segment(self.stream, self._sealer.key_id, packed, *bounds)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -163,11 +141,12 @@ class RequestAudit:
 
     async def flush(self) -> None:
         while True:
-            segment = self._seal()
-            if segment is None:
+            sealed = self._seal()
+            if sealed is None:
                 break
-            self._unsent.append(segment)
-            self._unsent_records += _count(segment)
+            self._unsent.append(sealed)
+            self._unsent_records += _count(sealed)
+            await asyncio.sleep(0)  # requests waiting get their turn between segments
         while self._unsent:
             segment = self._unsent[0]
             if not await self._store(segment):

@@ -9,6 +9,7 @@ from email.utils import format_datetime
 from functools import cached_property
 from typing import Protocol
 
+from ocspd.audit.requests import answer_fields
 from ocspd.protocol.request import OcspRequest
 from ocspd.protocol.response import AnswerStatus
 
@@ -40,8 +41,11 @@ class Response:
         return '"' + self.sha256.hex()[:32] + '"'
 
     @cached_property
-    def status_names(self) -> tuple[str, ...]:
-        return tuple(s.name.lower() for s in self.statuses)
+    def audit_fields(self) -> bytes:
+        """What this response answered, encoded for the audit record (RS3.1) once."""
+        return answer_fields(
+            self.sha256, self.signer, self.cert_ids, tuple(s.name.lower() for s in self.statuses)
+        )
 
     @cached_property
     def cache_headers(self) -> dict[str, str]:

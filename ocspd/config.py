@@ -215,8 +215,9 @@ class AuditConfig:
     # ships them when the database is back. Either way no record is dropped unannounced.
     on_failure: AuditFailure = AuditFailure.TRY_LATER
     spool_dir: str = "/var/lib/ocspd/audit-spool"
-    # Records held in memory, per worker, before tryLater (or the spool) takes over.
-    max_pending: int = 50_000
+    # Records held in memory, per worker, before tryLater (or the spool) takes over: about
+    # 120 bytes each; 200 000 cover several seconds of a slow commit at full load.
+    max_pending: int = 200_000
     # How often each worker writes its records (one segment row per flush).
     flush_interval: dt.timedelta = dt.timedelta(milliseconds=200)
 

@@ -306,7 +306,7 @@ class OcspHandler:
             addresses = self._address_fields.get((request.remote, request.local))
             if addresses is None:
                 addresses = self._addresses(request)
-            audit.record(nonce, addresses + self._method_outcome[method, outcome] + answered)
+            audit.record(nonce, addresses, self._method_outcome[method, outcome], answered)
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug(
                 "request",

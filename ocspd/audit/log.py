@@ -84,14 +84,15 @@ class RequestAudit:
         self._unsent_records = 0
         self.spooled_records = 0
         self._failing_since: float | None = None
+        self._storing: asyncio.Task[None] | None = None
         self._next_ship = 0.0
 
     # --- the hot path -----------------------------------------------------------------------
 
-    def record(self, nonce: bool, fields: bytes) -> None:
-        """One request: `fields` is the record after its head, already encoded: client,
-        server, method and outcome fields, then ocspd.audit.requests.answer_fields."""
-        self._rows.append((time.time_ns() // 1000, nonce, fields))
+    def record(self, nonce: bool, addresses: bytes, method_outcome: bytes, answer: bytes) -> None:
+        """One request, its fields already encoded (and shared between requests): client and
+        server address, method and outcome, then ocspd.audit.requests.answer_fields."""
+        self._rows.append((time.time_ns() // 1000, nonce, addresses, method_outcome, answer))
 
     @property
     def pending(self) -> int:
@@ -112,7 +113,9 @@ class RequestAudit:
         """Register the stream (in audit_events' registry) and write its first record, in one
         transaction: verify then knows the stream exists and notices if it goes missing."""
         empty = field(b"")
-        self.record(False, empty * 3 + field(b"stream-open") + answer_fields(b"", b"", (), ()))
+        self.record(
+            False, empty * 2, empty + field(b"stream-open"), answer_fields(b"", b"", (), ())
+        )
         segment = self._seal()
         assert segment is not None
         async with self._pool.acquire() as conn, conn.transaction():
@@ -131,30 +134,46 @@ class RequestAudit:
     # --- writing ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Seal what was recorded every flush_interval; store sealed segments in the
+        background, one COPY at a time, so a slow commit never stops the sealing (which
+        would otherwise pile up and then hold the event loop all at once)."""
         interval = self._config.flush_interval.total_seconds()
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.flush()
+                await self._seal_all()
+                if self._storing is None or self._storing.done():
+                    self._storing = asyncio.create_task(self._store_unsent())
             except Exception:  # never let the writer die: the backlog would grow unseen
                 self._log.exception("audit writer failed; retrying")
 
     async def flush(self) -> None:
+        """Seal and store everything recorded so far (waits for a store in flight)."""
+        if self._storing is not None:
+            with contextlib.suppress(Exception):
+                await self._storing
+        await self._seal_all()
+        await self._store_unsent()
+
+    async def _seal_all(self) -> None:
         while True:
             sealed = self._seal()
             if sealed is None:
-                break
+                return
             self._unsent.append(sealed)
             self._unsent_records += _count(sealed)
             await asyncio.sleep(0)  # requests waiting get their turn between segments
-        while self._unsent:
-            segment = self._unsent[0]
-            if not await self._store(segment):
-                if self._config.on_failure is AuditFailure.SPOOL:
-                    self._spool_unsent()
-                break
-            self._unsent.popleft()
-            self._unsent_records -= _count(segment)
+
+    async def _store_unsent(self) -> None:
+        batch = list(self._unsent)
+        if batch:
+            # One COPY for all of them: one transaction, so one WAL flush per batch.
+            if await self._store(batch):
+                for _ in batch:
+                    self._unsent.popleft()
+                self._unsent_records -= sum(_count(s) for s in batch)
+            elif self._config.on_failure is AuditFailure.SPOOL:
+                self._spool_unsent()
         # Spooled segments (this worker's, or left by one that stopped) go in once storage
         # answers; while it fails, one try a second is enough.
         now = time.monotonic()
@@ -162,9 +181,9 @@ class RequestAudit:
             self._next_ship = now + (1.0 if self._failing_since is not None else 0.0)
             await self._ship_spool()
 
-    async def _store(self, segment: Segment) -> bool:
+    async def _store(self, segments: list[Segment]) -> bool:
         try:
-            await asyncio.wait_for(request_audit.insert(self._pool, segment), timeout=5)
+            await asyncio.wait_for(request_audit.insert_many(self._pool, segments), timeout=30)
         except DB_ERRORS as e:
             self._on_error()
             if self._failing_since is None:
@@ -184,7 +203,7 @@ class RequestAudit:
                 extra={"seconds": round(time.monotonic() - self._failing_since, 1)},
             )
             self._failing_since = None
-        self._on_stored(_count(segment))
+        self._on_stored(sum(_count(s) for s in segments))
         return True
 
     # --- the spool -------------------------------------------------------------------------
@@ -217,7 +236,7 @@ class RequestAudit:
                     if not path.exists():
                         continue  # shipped and removed while we opened it
                     segment = read_spooled(f.read())
-                    if not await self._store(segment):
+                    if not await self._store([segment]):
                         return
                     path.unlink()
                     if segment.stream == self.stream:
@@ -231,7 +250,7 @@ class RequestAudit:
     async def close(self) -> None:
         """Store what is left; spool what cannot be stored; say so if even that fails."""
         with contextlib.suppress(Exception):
-            await self.flush()
+            await asyncio.wait_for(self.flush(), timeout=30)
         if self._unsent and not self._spool_unsent():
             self._log.error(
                 "audit records could not be stored or spooled at shutdown",

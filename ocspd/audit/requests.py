@@ -205,8 +205,9 @@ class StreamMac:
 
 
 # What the writer keeps per request until it seals: time (µs), nonce, and the encoded
-# fields after the head (client, server, method, outcome, answer_fields).
-Pending = tuple[int, bool, bytes]
+# fields after the head in three shared pieces: client and server addresses, method and
+# outcome, answer_fields.
+Pending = tuple[int, bool, bytes, bytes, bytes]
 
 
 class Sealer:
@@ -232,13 +233,15 @@ class Sealer:
         pack_head = _HEAD.pack
         pack_len = _RECORD_LEN.pack
         head_size = _HEAD.size
-        for at_us, nonce, fields in pending:
+        for at_us, nonce, addresses, method_outcome, answer in pending:
             seq += 1
             head = pack_head(_VERSION, seq, at_us, nonce)
-            mac = chain(mac, head, fields)
-            append(pack_len(head_size + len(fields)))
+            mac = chain(mac, head, addresses, method_outcome, answer)
+            append(pack_len(head_size + len(addresses) + len(method_outcome) + len(answer)))
             append(head)
-            append(fields)
+            append(addresses)
+            append(method_outcome)
+            append(answer)
             append(mac)
         first_seq = self.seq + 1
         self.seq, self.head = seq, mac
@@ -273,7 +276,7 @@ def seal(
     segment; returns it and the MAC of its last record, for the next segment."""
     sealer = Sealer(stream, key_id, skey)
     sealer.seq, sealer.head = records[0].seq - 1, previous
-    pending = [(r.at_us, r.nonce, encode(r)[_HEAD.size :]) for r in records]
+    pending = [(r.at_us, r.nonce, encode(r)[_HEAD.size :], b"", b"") for r in records]
     packed, first, last, first_us, last_us = sealer.seal(pending)
     return make_segment(stream, key_id, packed, first, last, first_us, last_us), sealer.head
 

@@ -37,6 +37,40 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, segment: Segment) -> b
     return True
 
 
+async def insert_many(pool: asyncpg.Pool, segments: list[Segment]) -> None:
+    """Store `segments` with one COPY (one transaction). Segments stored before (a retry
+    after a lost answer) make the COPY fail as a whole; then each goes in on its own."""
+    async with pool.acquire() as conn:
+        try:
+            await conn.copy_records_to_table(
+                TABLE,
+                records=[
+                    (
+                        s.stream,
+                        s.first_seq,
+                        s.last_seq,
+                        s.first_at,
+                        s.last_at,
+                        s.key_id,
+                        s.records,
+                    )
+                    for s in segments
+                ],
+                columns=[
+                    "stream",
+                    "first_seq",
+                    "last_seq",
+                    "first_at",
+                    "last_at",
+                    "key_id",
+                    "records",
+                ],
+            )
+        except asyncpg.UniqueViolationError:
+            for segment in segments:
+                await insert(conn, segment)
+
+
 def _segment(row: asyncpg.Record) -> Segment:
     return Segment(
         row["stream"],

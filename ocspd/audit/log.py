@@ -34,7 +34,6 @@ import asyncpg
 
 from ocspd.audit.mac import AuditKey
 from ocspd.audit.requests import (
-    Pending,
     Sealer,
     Segment,
     answer_fields,
@@ -46,10 +45,6 @@ from ocspd.config import AuditConfig, AuditFailure
 from ocspd.store import audit as audit_store
 from ocspd.store import request_audit
 
-# Records per segment row: large enough that rows are few for the database, small enough
-# that sealing one does not hold the event loop long (it yields between segments) and that
-# `audit search` decodes little beyond the range it asks for.
-SEGMENT_RECORDS = 2_000
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -79,7 +74,6 @@ class RequestAudit:
         self._log = log
         self._on_stored = on_stored
         self._on_error = on_error
-        self._rows: list[Pending] = []
         self._unsent: collections.deque[Segment] = collections.deque()
         self._unsent_records = 0
         self.spooled_records = 0
@@ -92,19 +86,19 @@ class RequestAudit:
     def record(self, nonce: bool, addresses: bytes, method_outcome: bytes, answer: bytes) -> None:
         """One request, its fields already encoded (and shared between requests): client and
         server address, method and outcome, then ocspd.audit.requests.answer_fields."""
-        self._rows.append((time.time_ns() // 1000, nonce, addresses, method_outcome, answer))
+        self._sealer.add(time.time_ns() // 1000, nonce, addresses, method_outcome, answer)
 
     @property
     def pending(self) -> int:
         """Records not in PostgreSQL yet (in memory or in this worker's spool)."""
-        return len(self._rows) + self._unsent_records + self.spooled_records
+        return self._sealer.count + self._unsent_records + self.spooled_records
 
     @property
     def refusing(self) -> bool:
         """tryLater policy: true while the backlog in memory is full."""
         return (
             self._config.on_failure is AuditFailure.TRY_LATER
-            and len(self._rows) + self._unsent_records >= self._config.max_pending
+            and self._sealer.count + self._unsent_records >= self._config.max_pending
         )
 
     # --- the stream ------------------------------------------------------------------------
@@ -124,12 +118,11 @@ class RequestAudit:
             )
             await request_audit.insert(conn, segment)
 
-    def _seal(self, limit: int = SEGMENT_RECORDS) -> Segment | None:
-        if not self._rows:
+    def _seal(self) -> Segment | None:
+        taken = self._sealer.take()
+        if taken is None:
             return None
-        rows, self._rows = self._rows[:limit], self._rows[limit:]
-        packed, *bounds = self._sealer.seal(rows)
-        return make_segment(self.stream, self._sealer.key_id, packed, *bounds)
+        return make_segment(self.stream, self._sealer.key_id, *taken)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -156,13 +149,13 @@ class RequestAudit:
         await self._store_unsent()
 
     async def _seal_all(self) -> None:
-        while True:
-            sealed = self._seal()
-            if sealed is None:
-                return
-            self._unsent.append(sealed)
-            self._unsent_records += _count(sealed)
-            await asyncio.sleep(0)  # requests waiting get their turn between segments
+        taken = self._sealer.take()
+        if taken is None:
+            return
+        # zlib lets go of the GIL: the compression runs beside the event loop.
+        sealed = await asyncio.to_thread(make_segment, self.stream, self._sealer.key_id, *taken)
+        self._unsent.append(sealed)
+        self._unsent_records += _count(sealed)
 
     async def _store_unsent(self) -> None:
         batch = list(self._unsent)

@@ -204,14 +204,11 @@ class StreamMac:
         return outer.digest()
 
 
-# What the writer keeps per request until it seals: time (µs), nonce, and the encoded
-# fields after the head in three shared pieces: client and server addresses, method and
-# outcome, answer_fields.
-Pending = tuple[int, bool, bytes, bytes, bytes]
-
-
 class Sealer:
-    """Chains a stream's records, segment after segment. Not thread-safe; one per stream."""
+    """Chains a stream's records as they come: each is encoded and MAC'd at once into a
+    byte buffer, so a waiting record costs its bytes and no Python objects (nothing for the
+    garbage collector to walk at 50 000 requests a second). `take` hands over the buffer as
+    the next segment's records. Not thread-safe; one per stream."""
 
     def __init__(self, stream: str, key_id: str, skey: bytes) -> None:
         self.stream = stream
@@ -219,33 +216,46 @@ class Sealer:
         self._mac = StreamMac(skey)
         self.seq = 0
         self.head = GENESIS
+        self._buffer = bytearray()
+        self.count = 0  # records in the buffer
+        self._first_us = 0
+        self._last_us = 0
 
-    def seal(self, pending: Sequence[Pending]) -> tuple[bytes, int, int, int, int]:
-        """Encodes and chains `pending` as the stream's next records. Returns the packed
-        records (uncompressed), first and last seq, first and last time (µs)."""
-        if not pending:
-            raise ValueError("a segment holds at least one record")
-        out: list[bytes] = []
-        append = out.append
-        mac = self.head
-        seq = self.seq
-        chain = self._mac
-        pack_head = _HEAD.pack
-        pack_len = _RECORD_LEN.pack
-        head_size = _HEAD.size
-        for at_us, nonce, addresses, method_outcome, answer in pending:
-            seq += 1
-            head = pack_head(_VERSION, seq, at_us, nonce)
-            mac = chain(mac, head, addresses, method_outcome, answer)
-            append(pack_len(head_size + len(addresses) + len(method_outcome) + len(answer)))
-            append(head)
-            append(addresses)
-            append(method_outcome)
-            append(answer)
-            append(mac)
-        first_seq = self.seq + 1
-        self.seq, self.head = seq, mac
-        return b"".join(out), first_seq, seq, pending[0][0], pending[-1][0]
+    def add(
+        self, at_us: int, nonce: bool, addresses: bytes, method_outcome: bytes, answer: bytes
+    ) -> None:
+        """The next record: its head, then the encoded fields in three shared pieces
+        (client and server address, method and outcome, answer_fields)."""
+        self.seq += 1
+        head = _HEAD.pack(_VERSION, self.seq, at_us, nonce)
+        self.head = mac = self._mac(self.head, head, addresses, method_outcome, answer)
+        buffer = self._buffer
+        buffer += _RECORD_LEN.pack(_HEAD.size + len(addresses) + len(method_outcome) + len(answer))
+        buffer += head
+        buffer += addresses
+        buffer += method_outcome
+        buffer += answer
+        buffer += mac
+        if not self.count:
+            self._first_us = at_us
+        self._last_us = at_us
+        self.count += 1
+
+    def take(self) -> tuple[bytes, int, int, int, int] | None:
+        """The buffered records (packed), first and last seq, first and last time (µs); None
+        when there are none. The buffer starts over."""
+        if not self.count:
+            return None
+        taken = (
+            bytes(self._buffer),
+            self.seq - self.count + 1,
+            self.seq,
+            self._first_us,
+            self._last_us,
+        )
+        self._buffer = bytearray()
+        self.count = 0
+        return taken
 
 
 def make_segment(
@@ -276,9 +286,11 @@ def seal(
     segment; returns it and the MAC of its last record, for the next segment."""
     sealer = Sealer(stream, key_id, skey)
     sealer.seq, sealer.head = records[0].seq - 1, previous
-    pending = [(r.at_us, r.nonce, encode(r)[_HEAD.size :], b"", b"") for r in records]
-    packed, first, last, first_us, last_us = sealer.seal(pending)
-    return make_segment(stream, key_id, packed, first, last, first_us, last_us), sealer.head
+    for r in records:
+        sealer.add(r.at_us, r.nonce, encode(r)[_HEAD.size :], b"", b"")
+    taken = sealer.take()
+    assert taken is not None
+    return make_segment(stream, key_id, *taken), sealer.head
 
 
 def unpack(stored: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -98,7 +98,11 @@ async def open_responder(
         readiness.checks["signer"] = lambda: not live.signer_failing
         audit = None
         if config.audit.requests:
-            audit = await _start_audit(config, pool, metrics, log, worker)
+            audit_pool = pool
+            if config.database.audit_url:
+                audit_pool = await _create_pool(config, config.database.audit_url, max_size=2)
+                stack.push_async_callback(audit_pool.close)
+            audit = await _start_audit(config, audit_pool, metrics, log, worker)
             readiness.checks["audit"] = lambda: not audit.refusing
         # CRLs: max-age capped like OCSP responses, and never past nextUpdate.
         crls = CrlFiles(Path(config.crl.directory), config.responder.max_cache_age, clock)
@@ -158,19 +162,20 @@ async def _start_audit(
     return audit
 
 
-async def _create_pool(config: Config) -> asyncpg.Pool:
-    own_login = config.database.responder_url
-    dsn = own_login or config.require_database_url()
+async def _create_pool(config: Config, url: str = "", max_size: int = 8) -> asyncpg.Pool:
+    """The responder's pool: to its own login (responder_url) as it is, or to `url` (or the
+    shared OCSPD_DATABASE_URL) switched to the ocspd_responder role (R11)."""
+    own_login = not url and config.database.responder_url
+    dsn = url or own_login or config.require_database_url()
 
     async def as_responder(conn: asyncpg.Connection) -> None:
-        # With only OCSPD_DATABASE_URL, switch to the read-only role (R11).
         if not own_login:
             await conn.execute(f"SET ROLE {Role.RESPONDER.value}")
 
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
-        max_size=8,
+        max_size=max_size,
         init=as_responder,
         reset=_keep_session,
         command_timeout=5,

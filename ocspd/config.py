@@ -24,6 +24,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/ocspd/ocspd.toml")
 ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "OCSPD_DATABASE_URL": ("database", "url"),
     "OCSPD_RESPONDER_DATABASE_URL": ("database", "responder_url"),
+    "OCSPD_AUDIT_DATABASE_URL": ("database", "audit_url"),
     "OCSPD_PKCS11_MODULE": ("pkcs11", "module"),
     "OCSPD_PKCS11_PIN_SOURCE": ("pkcs11", "pin_source"),
     "OCSPD_LISTEN": ("responder", "listen"),
@@ -38,7 +39,7 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
 }
 
 _KNOWN: Mapping[str, frozenset[str]] = {
-    "database": frozenset({"url", "responder_url"}),
+    "database": frozenset({"url", "responder_url", "audit_url"}),
     "pkcs11": frozenset({"module", "pin_source"}),
     "responder": frozenset(
         {
@@ -135,6 +136,10 @@ class DatabaseConfig:
     # Optional separate login for the responder (a production setup gives it its own
     # credentials); when empty the responder uses `url` plus SET ROLE.
     responder_url: str = ""
+    # Where the responder writes its records of OCSP requests (RS3.1). Empty: its own
+    # database (responder_url, else url). Responders that read from a streaming replica set
+    # it to the primary: a standby takes no writes.
+    audit_url: str = ""
 
 
 @dataclass(frozen=True)

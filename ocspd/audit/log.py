@@ -152,8 +152,7 @@ class RequestAudit:
         taken = self._sealer.take()
         if taken is None:
             return
-        # zlib lets go of the GIL: the compression runs beside the event loop.
-        sealed = await asyncio.to_thread(make_segment, self.stream, self._sealer.key_id, *taken)
+        sealed = make_segment(self.stream, self._sealer.key_id, *taken)
         self._unsent.append(sealed)
         self._unsent_records += _count(sealed)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from crlgen.metrics import CrlMetrics
 from crlgen.pipeline import sign_issuer
 from crlgen.publish import publish
 from ocspd.config import Config
-from ocspd.errors import OcspdError
+from ocspd.errors import OcspdError, SigningKeyError
 from ocspd.signing.base import Signer
-from ocspd.signing.keys import KeyOpener
+from ocspd.signing.keys import RETRY_FIRST, RETRY_MAX, KeyOpener
 from ocspd.store import issuers as issuer_store
 from ocspd.store.db import Role, connect, describe_error
 from ocspd.store.issuers import Issuer
@@ -54,9 +55,14 @@ class Scheduler:
         self._clock = clock
         self._out = Path(config.crl.directory)
         self._signers: dict[int, Signer] = {}
+        # Per issuer: when its CA key may be tried again, and the wait after that. Keys are
+        # not retried at every poll: each wrong PIN counts towards locking the token (see
+        # ocspd.signing.keys.RETRY_FIRST).
+        self._key_retry: dict[int, tuple[float, float]] = {}
         self._published: dict[str, int] = {}
         self._leader_conn: asyncpg.Connection | None = None
-        self._reported: set[tuple[str, str]] = set()
+        # What was reported as failing, per (issuer, stage), so it is logged once, not per poll.
+        self._reported: dict[tuple[str, str], str] = {}
         self.leader = False
 
     async def run(self) -> None:
@@ -126,6 +132,17 @@ class Scheduler:
             signed = await sign_issuer(
                 conn, issuer, signer, self._config.crl, self._clock, self._out
             )
+        except SigningKeyError as e:
+            # The token failed (or went away): open the keys afresh when next due, with a
+            # reloaded module, which is what sees a token that came back.
+            self._metrics.failures.labels(issuer.name, "sign").inc()
+            self._log.error(
+                "crlgen: CA key failed; opening it again",
+                extra={"issuer": issuer.name, "error": str(e)},
+            )
+            await self._forget_keys()
+            self._key_retry[issuer.id] = (time.monotonic() + RETRY_FIRST, RETRY_FIRST)
+            return
         except OcspdError as e:
             self._metrics.failures.labels(issuer.name, "sign").inc()
             self._log.error(
@@ -160,19 +177,39 @@ class Scheduler:
                 issuer, "key", "no CA key: register it with `ocspd issuer add --ca-key`"
             )
             return None
+        retry_at, wait = self._key_retry.get(issuer.id, (0.0, RETRY_FIRST / 2))
+        if time.monotonic() < retry_at:
+            return None
         try:
             # CG2.3 / KM3.5: the CA key must match the CA certificate, valid now.
             signer = await self._keys.open(issuer.crl_key, issuer.ca_cert, self._clock())
         except OcspdError as e:
+            wait = min(2 * wait, RETRY_MAX)
+            self._key_retry[issuer.id] = (time.monotonic() + wait, wait)
             self._report_once(issuer, "key", str(e))
+            if not self._signers:
+                # Nothing open to lose: the next attempt loads the PKCS#11 module afresh and
+                # sees the tokens there are then (SoftHSM2 lists them as at C_Initialize).
+                await asyncio.to_thread(self._keys.close)
             return None
+        self._key_retry.pop(issuer.id, None)
+        if self._reported.pop((issuer.name, "key"), None) is not None:
+            self._log.warning("crlgen: CA key open again", extra={"issuer": issuer.name})
         self._signers[issuer.id] = signer
         return signer
 
+    async def _forget_keys(self) -> None:
+        """Close every key and the PKCS#11 module (the keys of a process share it)."""
+        for signer in self._signers.values():
+            signer.close()
+        self._signers.clear()
+        await asyncio.to_thread(self._keys.close)
+
     def _report_once(self, issuer: Issuer, stage: str, message: str) -> None:
+        """Count every failure; log one when it is new or its message changed."""
         self._metrics.failures.labels(issuer.name, stage).inc()
-        if (issuer.name, stage) not in self._reported:
-            self._reported.add((issuer.name, stage))
+        if self._reported.get((issuer.name, stage)) != message:
+            self._reported[(issuer.name, stage)] = message
             self._log.error(
                 "crlgen: cannot sign CRLs", extra={"issuer": issuer.name, "error": message}
             )

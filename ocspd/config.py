@@ -58,6 +58,8 @@ _KNOWN: Mapping[str, frozenset[str]] = {
             "cache_entries",
             "feed_interval",
             "drain_seconds",
+            "request_timeout",
+            "keepalive_timeout",
             "log_level",
         }
     ),
@@ -86,6 +88,11 @@ MAX_CRL_INTERVAL = dt.timedelta(days=7)
 MAX_CRL_LIFETIME = dt.timedelta(days=10)
 # eIDAS art. 24.3: a revocation published within 24 hours.
 MAX_REVOCATION_DELAY = dt.timedelta(hours=24)
+# HTTP deadlines of the listener. The server checks them once a second, so less than a
+# second means nothing; above the maxima a slow or idle client holds a socket for no purpose.
+HTTP_TIMEOUT_MIN = dt.timedelta(seconds=1)
+MAX_REQUEST_TIMEOUT = dt.timedelta(minutes=5)
+MAX_KEEPALIVE_TIMEOUT = dt.timedelta(hours=1)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -182,6 +189,14 @@ class ResponderConfig:
     # After SIGTERM: /readyz says 503 for this long before the listener closes, so load
     # balancers stop sending first.
     drain_seconds: float = 2.0
+    # From the first byte of a request to its last: a client that sends its request more
+    # slowly (headers or body dribbled) gets 408 and is closed, so it holds a socket, never a
+    # worker. 1 s to 5 min.
+    request_timeout: dt.timedelta = dt.timedelta(seconds=10)
+    # A keep-alive connection with nothing in flight (or a new one that sends nothing) is
+    # closed after this. Longer saves clients reconnecting; shorter frees sockets sooner.
+    # 1 s to 1 h.
+    keepalive_timeout: dt.timedelta = dt.timedelta(seconds=75)
     log_level: str = "info"
 
 
@@ -441,6 +456,16 @@ def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
     path = str(values.get("path", d.path))
     if not path.startswith("/"):
         raise ConfigError(f"{source}: responder.path must start with '/', got {path!r}")
+    request_timeout = duration("request_timeout", d.request_timeout)
+    if not HTTP_TIMEOUT_MIN <= request_timeout <= MAX_REQUEST_TIMEOUT:
+        raise ConfigError(
+            f"{source}: responder.request_timeout must be between 1 s and 5 min, got {request_timeout.total_seconds():g} s"
+        )
+    keepalive_timeout = duration("keepalive_timeout", d.keepalive_timeout)
+    if not HTTP_TIMEOUT_MIN <= keepalive_timeout <= MAX_KEEPALIVE_TIMEOUT:
+        raise ConfigError(
+            f"{source}: responder.keepalive_timeout must be between 1 s and 1 h, got {keepalive_timeout.total_seconds():g} s"
+        )
     level = str(values.get("log_level", d.log_level)).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{source}: responder.log_level must be debug, info, warning or error")
@@ -466,6 +491,8 @@ def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
         cache_entries=_int(values, "cache_entries", d.cache_entries, 0, source),
         feed_interval=duration("feed_interval", d.feed_interval),
         drain_seconds=float(values.get("drain_seconds", d.drain_seconds)),
+        request_timeout=request_timeout,
+        keepalive_timeout=keepalive_timeout,
         log_level=level,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -30,7 +31,8 @@ class _Loaded:
 
 class CrlFiles:
     """Serves DIR/NAME.crl as written by crlgen. Names are checked against the issuer-name
-    pattern before touching the file system, so nothing outside DIR can be reached."""
+    pattern before touching the file system, and only regular files are read (a symbolic
+    link is refused, not followed), so nothing outside DIR can be reached."""
 
     def __init__(
         self, directory: Path, max_age: dt.timedelta, clock: Callable[[], dt.datetime]
@@ -43,15 +45,22 @@ class CrlFiles:
     def _load(self, name: str) -> _Loaded | None:
         path = self._directory / f"{name}.crl"
         try:
-            info = os.stat(path)
+            # crlgen writes regular files (write, fsync, rename). A symbolic link in their
+            # place was put there by someone else and may point anywhere: never followed.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             self._loaded.pop(name, None)
             return None
-        version = (info.st_ino, info.st_size, info.st_mtime_ns)
-        cached = self._loaded.get(name)
-        if cached is not None and cached.version == version:
-            return cached
-        der = path.read_bytes()
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+                self._loaded.pop(name, None)
+                return None
+            version = (info.st_ino, info.st_size, info.st_mtime_ns)
+            cached = self._loaded.get(name)
+            if cached is not None and cached.version == version:
+                return cached
+            der = file.read()
         crl = x509.load_der_x509_crl(der)
         loaded = _Loaded(
             version,
@@ -67,7 +76,9 @@ class CrlFiles:
         if request.method not in ("GET", "HEAD"):
             return _NOT_ALLOWED
         name = file_name.removesuffix(".crl")
-        if not file_name.endswith(".crl") or not ISSUER_NAME.match(name):
+        # The name is an issuer name or nothing: no '/', no '..', no percent-escapes, no NUL
+        # (the target is never decoded), so only files directly in the directory are reached.
+        if not file_name.endswith(".crl") or not ISSUER_NAME.fullmatch(name):
             return _NOT_FOUND
         try:
             loaded = self._load(name)

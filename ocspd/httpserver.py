@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -90,6 +91,9 @@ class Limits:
     max_pipelined: int = 16
 
 
+# RFC 9110 9.1, 5.6.2: a method is a token (after the empty lines RFC 9112 2.2 lets a
+# server skip), followed by the space before the target.
+_METHOD_TOKEN = re.compile(rb"(?:\r?\n)*[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}(?: |$)")
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -134,6 +138,7 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._in_message = False
+        self._messages = 0  # complete requests read, for telling where an error began
         # An HTTP status for a body over the cap: the body is read and dropped, then answered.
         self._discarding = 0
         # An answer that waits for the one in flight, after which the connection closes.
@@ -168,10 +173,20 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._last_words is not None:
             return
+        between = not self._in_message
+        messages = self._messages
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400)  # no WebSocket or h2c here
+        except httptools.HttpParserInvalidMethodError:
+            # RFC 9110 9.1: a method the server does not recognise SHOULD get 501 (405 and
+            # Allow, for a known method a resource does not take, are the handler's answer);
+            # bytes that are no method at all (TLS to a plain port, say) are a bad request.
+            # llhttp tells neither which nor where the request began: when it began this
+            # data, its first word tells; otherwise 400 is the safe answer.
+            began_here = between and self._messages == messages
+            self._fail(501 if began_here and _METHOD_TOKEN.match(data) else 400)
         except httptools.HttpParserError as e:
             # httptools wraps what a callback raised; a limit carries its own status.
             cause = e.__cause__ or e.__context__
@@ -241,6 +256,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._messages += 1
         if self._discarding:
             self._fail(self._discarding)
             return
@@ -255,6 +271,9 @@ class HttpConnection(asyncio.Protocol):
         )
         keep_alive = parser.should_keep_alive() and not self._server.closing
         if self._busy:
+            # The handler's own timeouts bound the wait, not the deadline this request's first
+            # byte set: a complete request is never timed out while the one before it runs.
+            self.deadline = 0.0
             self._waiting.append((request, keep_alive))
             if len(self._waiting) > self._limits.max_pipelined:
                 self._pause_reading()
@@ -315,6 +334,8 @@ class HttpConnection(asyncio.Protocol):
         if not keep_alive:
             self._closing = True
             transport.close()  # after the buffered answer has been written
+            # A client that does not read the answer gets as long as one that sends slowly.
+            self.deadline = self._loop.time() + self._limits.request_timeout
         elif not self._busy:
             self.deadline = self._loop.time() + self._limits.keepalive_timeout
 
@@ -332,8 +353,10 @@ class HttpConnection(asyncio.Protocol):
         )
         reply = self._server.refusal(status, refused)
         if self._busy or self._waiting:
-            # Answers leave in order: this one goes after those before it.
+            # Answers leave in order: this one goes after those before it, which the
+            # handler's own timeouts bound.
             self._last_words = reply
+            self.deadline = 0.0
             self._pause_reading()
             return
         self._write(reply, keep_alive=False)
@@ -351,12 +374,19 @@ class HttpConnection(asyncio.Protocol):
     # the server's sweep and shutdown
 
     def expire(self, now: float) -> None:
-        if self.deadline and now > self.deadline and self._transport is not None:
-            if self._in_message:
-                self._fail(408)  # a request that did not arrive in time
-            else:
-                self._closing = True
-                self._transport.close()  # keep-alive timeout: nothing to answer
+        transport = self._transport
+        if not self.deadline or now <= self.deadline or transport is None:
+            return
+        if self._closing:
+            # Closed, yet answers are still buffered: close() waits for the client to read
+            # them, forever if it never does. It had its time; drop them.
+            transport.abort()
+        elif self._in_message:
+            self._fail(408)  # a request that did not arrive in time
+        else:
+            self._closing = True
+            transport.close()  # keep-alive timeout: nothing to answer
+            self.deadline = now + self._limits.request_timeout
 
     def abort(self) -> None:
         if self._transport is not None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.process
 import os
 import queue
+import resource
 import shutil
 import signal
 import tempfile
 import time
 from multiprocessing.queues import Queue
+from pathlib import Path
 
 from aiohttp import web
 
@@ -29,6 +32,30 @@ from ocspd.logs import setup_logging
 WORKER_START_TIMEOUT = 60.0
 # Exit code of a worker that could not start (bad key, no database): not worth restarting.
 EXIT_START_FAILED = 3
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force.
+
+    Every client connection is a file descriptor, and the usual soft limit (1024) would let a
+    few hundred idle keep-alive clients stop a worker from accepting anyone else. Workers
+    inherit the limit from the supervisor. The hard limit is the operator's (systemd
+    LimitNOFILE=); an unlimited one is capped at the kernel's nr_open.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError):
+            return soft  # not allowed here (a container, say): keep what there is
+        return target
+    return soft
 
 
 def worker_count(config: Config) -> int:
@@ -59,19 +86,24 @@ async def _worker(config: Config, index: int, ready: Queue[tuple[int, str | None
             responder = await stack.enter_async_context(
                 open_responder(config, CollectorRegistry(), log, worker=index)
             )
-        except OSError as e:  # a database that cannot be reached, most often
+        except OSError as e:  # a file it needs (the database is retried in the background)
             raise OcspdError(f"worker {index} could not start: {e}") from e
         handler = responder.handler
         server = HttpServer(
             handler,
             log,
-            Limits(max_body=config.responder.max_request_bytes),
+            Limits(
+                max_body=config.responder.max_request_bytes,
+                request_timeout=config.responder.request_timeout.total_seconds(),
+                keepalive_timeout=config.responder.keepalive_timeout.total_seconds(),
+            ),
             refusal=handler.refusal,
         )
         host, port = config.responder.listen
         await server.listen(host, port)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        orphaned = asyncio.create_task(_supervisor_gone(stop, log))
         ready.put((index, None))
         log.info(
             "worker serving",
@@ -84,6 +116,18 @@ async def _worker(config: Config, index: int, ready: Queue[tuple[int, str | None
         log.info("draining", extra={"worker": index, "seconds": config.responder.drain_seconds})
         await asyncio.sleep(config.responder.drain_seconds)
         await server.close(timeout=10.0)
+        orphaned.cancel()
+
+
+async def _supervisor_gone(stop: asyncio.Event, log: logging.Logger) -> None:
+    """Stop (draining) when the supervisor is gone, killed with SIGKILL say: a worker left
+    behind would go on answering on the port, unsupervised and never stopped, beside the
+    workers of the next `ocspd serve`."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.error("the supervisor is gone; stopping", extra={"pid": os.getpid()})
+    stop.set()
 
 
 class Supervisor:
@@ -93,6 +137,8 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("spawn")
         self.ready: Queue[tuple[int, str | None]] = self.ctx.Queue()
         self.workers: dict[int, multiprocessing.process.BaseProcess] = {}
+        # Replacements of each worker that failed to start in a row: the next waits longer.
+        self.failures: dict[int, int] = {}
         self.stopping = False
 
     def start_worker(self, index: int) -> None:
@@ -137,12 +183,22 @@ class Supervisor:
                 )
                 if process.pid is not None:
                     multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+                # A worker that cannot start (a refused key, say) is not restarted in a tight
+                # loop: 1, 2, 4 ... up to 30 seconds between attempts.
+                failures = self.failures.get(index, 0)
+                if failures:
+                    await asyncio.sleep(min(30.0, 2.0 ** (failures - 1)))
+                    if self.stopping:
+                        return
                 self.start_worker(index)
                 error = await self.wait_ready([index])
                 if error:
+                    self.failures[index] = failures + 1
                     self.log.error(
                         "replacement worker failed", extra={"worker": index, "error": error}
                     )
+                else:
+                    self.failures.pop(index, None)
 
     def stop_workers(self) -> None:
         for process in self.workers.values():
@@ -181,6 +237,7 @@ def _admin_app() -> web.Application:
 
 
 async def _serve(config: Config) -> int:
+    open_files = raise_open_files_limit()  # before the workers start: they inherit it
     supervisor = Supervisor(config)
     count = worker_count(config)
     for index in range(count):
@@ -198,7 +255,12 @@ async def _serve(config: Config) -> int:
     host, port = config.responder.listen
     supervisor.log.info(
         "ocspd serving",
-        extra={"listen": f"{host}:{port}", "admin": f"{admin_host}:{admin_port}", "workers": count},
+        extra={
+            "listen": f"{host}:{port}",
+            "admin": f"{admin_host}:{admin_port}",
+            "workers": count,
+            "open_files": open_files,
+        },
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

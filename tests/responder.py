@@ -68,6 +68,24 @@ class Responder:
                 return text
             time.sleep(0.1)
 
+    def worker_pids(self) -> set[int]:
+        """The supervisor's worker processes (its children, besides multiprocessing's resource
+        tracker)."""
+        pid = self.process.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return set()
+        workers = set()
+        for child in children:
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"resource_tracker" not in command:
+                workers.add(int(child))
+        return workers
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -87,8 +105,10 @@ def start_responder(
     config: str | None = None,
     args: Sequence[str] = (),
     wait: bool = True,
+    port: int | None = None,
+    admin_port: int | None = None,
 ) -> Responder:
-    port, admin_port = free_port(), free_port()
+    port, admin_port = port or free_port(), admin_port or free_port()
     env = {**os.environ, "OCSPD_DATABASE_URL": db_url, **(extra_env or {})}
     env.pop("OCSPD_CONFIG", None)
     command = [sys.executable, "-m", "ocspd"]
@@ -101,7 +121,7 @@ def start_responder(
         "--workers", str(workers), *args,
     ]  # fmt: skip
     log = tmp / f"ocspd-{port}.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:  # a restart on the same port adds to the log
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     responder = Responder(process, port, admin_port, log)
     if wait:

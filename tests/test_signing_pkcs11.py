@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from softhsm import SoftHSM
 from ocspd.config import Pkcs11Config
 from ocspd.errors import SigningKeyError
 from ocspd.signing.base import SHA256_ECDSA, SHA256_RSA, SHA384_ECDSA, verify_signature
-from ocspd.signing.keys import KeyOpener
+from ocspd.signing.keys import KeyKeeper, KeyOpener
 from ocspd.signing.pkcs11 import Pkcs11Backend, Pkcs11Uri, resolve_module, resolve_pin
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -260,6 +261,59 @@ async def test_wrong_pin(
     message = str(caught.value)
     assert message == "PIN for token 'ocspd-test' is incorrect"
     assert "987654" not in message
+
+
+async def test_a_refused_pin_is_not_offered_again_until_it_changes(
+    softhsm: SoftHSM, backend: Pkcs11Backend, p256_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """Every refused C_Login counts towards locking the token: a PIN it refused is not sent
+    again, and a corrected PIN source is used at the next attempt."""
+    softhsm.import_key(p256_key, "k")
+    pin_file = softhsm.write_pin_file("987654", "changing-pin")
+    uri = softhsm.uri("k", pin_source=f"file:{pin_file}")
+    with pytest.raises(SigningKeyError, match="is incorrect"):
+        await backend.open(uri)
+    with pytest.raises(SigningKeyError, match="refused before") as caught:
+        await backend.open(uri)
+    assert "987654" not in str(caught.value)
+    softhsm.write_pin_file(softhsm.pin, "changing-pin")
+    signer = await backend.open(uri)
+    assert signer.public_key == p256_key.public_key()
+
+
+async def test_keeper_opens_a_key_again_after_its_token_went_away(
+    softhsm: SoftHSM, p256_key: ec.EllipticCurvePrivateKey
+) -> None:
+    uri = softhsm.import_key(p256_key, "k")
+    keeper = KeyKeeper(Pkcs11Config(), logging.getLogger("test"), first=0.05, most=0.1)
+    key = keeper.key("ca", uri, certificate_for(p256_key))
+    keeper.keep([key])
+    tokens, away = softhsm.directory / "tokens", softhsm.directory / "tokens.away"
+    runner = asyncio.create_task(keeper.run())
+    try:
+        assert await keeper.open_all()
+        await key.sign(b"before")
+        tokens.rename(away)
+        with pytest.raises(SigningKeyError, match="failed to sign"):
+            await key.sign(b"lost")
+        assert not key.ready
+        with pytest.raises(SigningKeyError, match="not open"):
+            await key.sign(b"meanwhile")
+        await asyncio.sleep(0.3)  # attempts while it is away fail
+        assert not key.ready and key.problem
+        away.rename(tokens)
+        for _ in range(100):
+            if key.ready:
+                break
+            await asyncio.sleep(0.05)
+        assert key.ready
+        signature = await key.sign(b"after")
+        verify_signature(p256_key.public_key(), key.algorithm, signature, b"after")
+    finally:
+        runner.cancel()
+        if away.exists():
+            away.rename(tokens)
+        keeper.close()
 
 
 async def test_wrong_pin_value_is_not_echoed(

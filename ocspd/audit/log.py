@@ -79,6 +79,16 @@ class RequestAudit:
         self.spooled_records = 0
         self._failing_since: float | None = None
         self._storing: asyncio.Task[None] | None = None
+        # The stream's first segment while open() has not succeeded (see open).
+        self._first: Segment | None = None
+        self._detail: dict[str, Any] = {}
+        self.opened = False
+        # Record 1 of every stream says where it starts; requests answered before the
+        # stream is registered follow it.
+        empty = field(b"")
+        self.record(
+            False, empty * 2, empty + field(b"stream-open"), answer_fields(b"", b"", (), ())
+        )
         self._next_ship = 0.0
 
     # --- the hot path -----------------------------------------------------------------------
@@ -104,19 +114,24 @@ class RequestAudit:
     # --- the stream ------------------------------------------------------------------------
 
     async def open(self, detail: dict[str, Any]) -> None:
-        """Register the stream (in audit_events' registry) and write its first record, in one
-        transaction: verify then knows the stream exists and notices if it goes missing."""
-        empty = field(b"")
-        self.record(
-            False, empty * 2, empty + field(b"stream-open"), answer_fields(b"", b"", (), ())
-        )
-        segment = self._seal()
-        assert segment is not None
+        """Register the stream (in audit_events' registry) and store its first segment in one
+        transaction: verify then knows the stream exists and notices if it goes missing.
+
+        Safe to call again after a failure (the database away at start): the first segment is
+        sealed once and kept, with the stream-open record and whatever was answered while
+        waiting, so nothing recorded before the stream existed is lost or sealed twice.
+        """
+        self._detail = detail
+        if self._first is None:
+            self._first = self._seal()
+            assert self._first is not None  # at least the stream-open record
         async with self._pool.acquire() as conn, conn.transaction():
             await audit_store.register_stream(
                 conn, self._key, request_audit.TABLE, self.stream, detail
             )
-            await request_audit.insert(conn, segment)
+            await request_audit.insert(conn, self._first)
+        self._first = None
+        self.opened = True
 
     def _seal(self) -> Segment | None:
         taken = self._sealer.take()
@@ -241,6 +256,26 @@ class RequestAudit:
 
     async def close(self) -> None:
         """Store what is left; spool what cannot be stored; say so if even that fails."""
+        if not self.opened:
+            # Never registered (the database never answered): one last try, else the first
+            # segment goes to the spool with the rest, to be shipped by a later worker.
+            try:
+                await asyncio.wait_for(self.open(self._detail), timeout=10)
+            except Exception:
+                if self._first is not None:
+                    self._unsent.appendleft(self._first)
+                    self._unsent_records += _count(self._first)
+                    self._first = None
+                sealed = self._seal()
+                if sealed is not None:
+                    self._unsent.append(sealed)
+                    self._unsent_records += _count(sealed)
+                if self._unsent and not self._spool_unsent():
+                    self._log.error(
+                        "audit records could not be stored or spooled at shutdown",
+                        extra={"records": self._unsent_records, "stream": self.stream},
+                    )
+                return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.flush(), timeout=30)
         if self._unsent and not self._spool_unsent():

@@ -222,8 +222,10 @@ class RequestParser:
 
     def _remember(self, request: OcspRequest) -> None:
         assert request.nonce is not None
-        # The varying part: the nonce inside its OCTET STRING, or the bare extnValue contents.
-        payload = len(request.nonce)
+        # The varying part: the nonce inside its OCTET STRING. A bare nonce (extnValue
+        # contents without the OCTET STRING) is not remembered: whether it is valid depends on
+        # its octets (`04 00` reads as an empty OCTET STRING, which RFC 8954 refuses).
+        payload = 0
         if request.nonce[:1] == b"\x04":
             try:
                 inner = read_element(request.nonce, 0, len(request.nonce))

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 import pkcs11
 from asn1crypto.core import OctetString
@@ -162,8 +162,16 @@ def _split_attributes(
     values: dict[str, bytes] = {}
     if not part:
         return values
+    after_pin = False
     for attribute in part.split(separator):
         name, equals, value = attribute.partition("=")
+        if after_pin and (not equals or name not in known):
+            # Most likely the rest of a PIN: name nothing of it.
+            raise SigningKeyError(
+                f"{description}: the pin-value holds an unencoded {separator!r}; "
+                f"percent-encode it (%{ord(separator):02X})"
+            )
+        after_pin = name == "pin-value"
         if not equals or not name:
             raise SigningKeyError(
                 f"{description}: malformed {where} attribute {attribute!r} (expected name=value)"
@@ -186,12 +194,35 @@ def _split_attributes(
 
 
 def redact_uri(text: str) -> str:
-    """The URI without its pin-value query attribute, the only part that can hold a secret."""
+    """The URI without its pin-value attribute, the only part that can hold a secret.
+
+    What is redacted is what error messages show, so it must hold for URIs with mistakes
+    too (L17, AC8: no PIN in logs or messages): the name is compared case-insensitively and
+    percent-decoded; a pin-value among the path attributes takes the rest of the URI with it;
+    and a PIN holding an unencoded '&' is dropped up to the next attribute ocspd knows.
+    """
     head, question, query = text.partition("?")
+    path: list[str] = []
+    for attribute in head.split(";"):
+        if _is_pin_value(attribute.partition("=")[0].removeprefix("pkcs11:")):
+            return ";".join(path) or "pkcs11:"
+        path.append(attribute)
     if not question:
         return text
-    kept = [a for a in query.split("&") if a.partition("=")[0] != "pin-value"]
+    kept: list[str] = []
+    in_pin = False
+    for attribute in query.split("&"):
+        name = attribute.partition("=")[0]
+        if _is_pin_value(name):
+            in_pin = True
+        elif not in_pin or name in _QUERY_ATTRIBUTES:
+            in_pin = False
+            kept.append(attribute)
     return head + ("?" + "&".join(kept) if kept else "")
+
+
+def _is_pin_value(name: str) -> bool:
+    return unquote(name).strip().lower() == "pin-value"
 
 
 def resolve_module(uri: Pkcs11Uri, config: Pkcs11Config) -> str:
@@ -253,6 +284,13 @@ def resolve_pin(uri: Pkcs11Uri, config: Pkcs11Config) -> str:
     if not pin:
         raise SigningKeyError(f"PIN source {source} for token {uri.token_name} is empty")
     return pin
+
+
+def _pin_mark(uri: Pkcs11Uri, module: str, pin: str) -> bytes:
+    """A digest standing for `pin` offered to the token `uri` selects, so a refused PIN can be
+    recognised without keeping it."""
+    selector = [module, uri.token or "", str(uri.slot_id), uri.serial or "", pin]
+    return hashlib.sha256("\0".join(selector).encode()).digest()
 
 
 def _reason(e: PKCS11Error) -> str:
@@ -336,8 +374,13 @@ class Pkcs11Backend:
     are touched only from that thread, so they need no lock.
     """
 
-    def __init__(self, config: Pkcs11Config) -> None:
+    def __init__(self, config: Pkcs11Config, refused_pins: set[bytes] | None = None) -> None:
         self._config = config
+        # PINs (as _pin_mark digests) a token refused: never offered to it again, since every
+        # refused C_Login counts towards locking the token's user PIN. Shared by the backends
+        # one KeyOpener makes in turn, so a reload of the module does not forget them. Added
+        # to on the PKCS#11 thread, read on the caller's (single set operations, atomic).
+        self._refused_pins = refused_pins if refused_pins is not None else set()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11")
         self._closed = False
         # Signatures handed to the PKCS#11 thread in batches (see sign_batched).
@@ -364,6 +407,7 @@ class Pkcs11Backend:
         # Resolved on the caller's thread: pure file and environment reads, no module calls.
         module = resolve_module(parsed, self._config)
         pin = resolve_pin(parsed, self._config)
+        self._check_pin_not_refused(parsed, module, pin)
         key, public_key = await self.run(lambda: self._find_key(parsed, module, pin))
         return Pkcs11Signer(self, key, public_key, parsed.description)
 
@@ -372,8 +416,16 @@ class Pkcs11Backend:
         parsed = Pkcs11Uri.parse(uri, key_class="secret")
         module = resolve_module(parsed, self._config)
         pin = resolve_pin(parsed, self._config)
+        self._check_pin_not_refused(parsed, module, pin)
         key = await self.run(lambda: self._find_secret(parsed, module, pin))
         return Pkcs11SecretKey(self, key, parsed.description)
+
+    def _check_pin_not_refused(self, uri: Pkcs11Uri, module: str, pin: str) -> None:
+        if _pin_mark(uri, module, pin) in self._refused_pins:
+            raise SigningKeyError(
+                f"PIN for token {uri.token_name} was refused before; it is not offered again "
+                "until its PIN source changes (each wrong PIN counts towards locking the token)"
+            )
 
     def run_blocking(self, call: Callable[[], T]) -> T:
         """Run `call` on the PKCS#11 thread and wait for it, for synchronous callers."""
@@ -500,6 +552,7 @@ class Pkcs11Backend:
             # plain session shares that login. (The token did not check this PIN, then.)
             session = self._open_plain(token)
         except PinIncorrect:
+            self._refused_pins.add(_pin_mark(uri, module, pin))
             raise SigningKeyError(f"PIN for token {name} is incorrect") from None
         except PinLocked:
             raise SigningKeyError(f"PIN for token {name} is locked") from None

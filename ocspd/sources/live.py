@@ -105,8 +105,6 @@ class LiveSource:
         # Cleared when the store refuses writes (a read-only replica): responses are then
         # kept in memory only.
         self._store_writes = True
-        # Set when the last live signature failed; /readyz reports it.
-        self.signer_failing = False
         # Status rows read recently, so a nonce request for a certificate just looked up needs
         # no database round trip. Dropped by the change feed like the response cache, and used
         # only while the feed is current (`status_current`), so a status shown is never more
@@ -195,10 +193,9 @@ class LiveSource:
             try:
                 der = await build_response(body, issuer.identity, issuer.signer, now, request.nonce)
             except SigningKeyError as e:
-                # A token that went away: tryLater for this client, not ready for the balancer.
-                self.signer_failing = True
+                # A token that went away: tryLater for this client. The key (a KeptKey) is
+                # closed, reported not ready and opened again by its KeyKeeper.
                 raise Unavailable(f"signer for {issuer.name}: {e}") from e
-            self.signer_failing = False
         self._signing_latency.observe(time.perf_counter() - started)
         return Response(
             der,

@@ -296,7 +296,17 @@ class Startup:
             key = self._keys.key(issuer.name, issuer.responder_key, issuer.signing_cert)
             identity = ResponderIdentity.from_certificate(issuer.signing_cert)
             served.append(
-                (issuer, ServedIssuer(issuer.id, issuer.name, key, identity, issuer.signing_cert))
+                (
+                    issuer,
+                    ServedIssuer(
+                        issuer.id,
+                        issuer.name,
+                        key,
+                        identity,
+                        issuer.signing_cert,
+                        issuer.ca_cert,
+                    ),
+                )
             )
             kept.append(key)
             self._log.info("serving issuer", extra={"issuer": issuer.name, "key": key.description})
@@ -392,6 +402,9 @@ async def _gauges(
         now = clock()
         for issuer in issuers:
             metrics.responder_cert_expiry.labels(issuer.name).set(issuer.seconds_until_expiry(now))
+            ca_left = issuer.seconds_until_ca_expiry(now)
+            if ca_left is not None:
+                metrics.ca_cert_expiry.labels(issuer.name).set(ca_left)
         metrics.db_pool_size.set(pool.get_size())
         metrics.db_pool_in_use.set(pool.get_size() - pool.get_idle_size())
         metrics.cache_entries.set(len(cache))

@@ -139,6 +139,13 @@ class ResponderMetrics:
             registry=registry,
             multiprocess_mode="min",
         )
+        self.ca_cert_expiry = Gauge(
+            "ocspd_ca_certificate_expiry_seconds",
+            "Seconds until the certificate of a served issuing CA expires.",
+            ["issuer"],
+            registry=registry,
+            multiprocess_mode="min",
+        )
         self.oldest_cached = Gauge(
             "ocspd_cache_oldest_response_age_seconds",
             "Age (now - thisUpdate) of the oldest response held in the in-process cache.",

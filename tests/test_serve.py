@@ -379,6 +379,9 @@ def test_health_and_metrics(served: Served) -> None:
         "ocspd_signing_duration_seconds",
         "ocspd_signing_in_flight",
         'ocspd_responder_certificate_expiry_seconds{issuer="served"}',
+        'ocspd_ca_certificate_expiry_seconds{issuer="served"}',
+        "ocspd_audit_pending_records",
+        "ocspd_revocation_request_oldest_pending_seconds",
     ):
         assert name in text, name
     assert 'ocspd_requests_total{method="POST",outcome="successful"}' in text

@@ -23,9 +23,16 @@ class ServedIssuer:
     signer: Signer
     identity: ResponderIdentity
     signing_cert: x509.Certificate
+    # The issuing CA's certificate (the same as signing_cert when the CA signs itself).
+    ca_cert: x509.Certificate | None = None
 
     def seconds_until_expiry(self, now: dt.datetime) -> float:
         return (self.signing_cert.not_valid_after_utc - now).total_seconds()
+
+    def seconds_until_ca_expiry(self, now: dt.datetime) -> float | None:
+        if self.ca_cert is None:
+            return None
+        return (self.ca_cert.not_valid_after_utc - now).total_seconds()
 
 
 class IssuerTable:

@@ -99,6 +99,8 @@ async def open_responder(
 ) -> AsyncIterator[Responder]:
     readiness = Readiness()
     metrics = ResponderMetrics(registry)
+    # What /readyz says, for Prometheus too (the alert OcspdNotReady), once a second.
+    metrics.on_flush(lambda: metrics.ready.set(0 if readiness.failing() else 1))
     # CRLs: max-age capped like OCSP responses, and never past nextUpdate.
     crls = CrlFiles(Path(config.crl.directory), config.responder.max_cache_age, clock)
     async with contextlib.AsyncExitStack() as stack:

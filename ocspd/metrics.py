@@ -139,6 +139,13 @@ class ResponderMetrics:
             registry=registry,
             multiprocess_mode="min",
         )
+        self.ready = Gauge(
+            "ocspd_ready",
+            "1 while /readyz answers 200 (database feed current, signers usable, audit keeping "
+            "up, not draining), else 0; the minimum over the workers.",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         self.ca_cert_expiry = Gauge(
             "ocspd_ca_certificate_expiry_seconds",
             "Seconds until the certificate of a served issuing CA expires.",

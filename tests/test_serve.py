@@ -382,10 +382,11 @@ def test_health_and_metrics(served: Served) -> None:
         'ocspd_ca_certificate_expiry_seconds{issuer="served"}',
         "ocspd_audit_pending_records",
         "ocspd_revocation_request_oldest_pending_seconds",
-        "ocspd_ready 1.0",
     ):
         assert name in text, name
     assert 'ocspd_requests_total{method="POST",outcome="successful"}' in text
+    # Every worker ready: published within a second of turning ready (livemin of workers).
+    assert "ocspd_ready 1.0" in served.responder.metrics(wait_for=r"ocspd_ready 1\.0")
 
 
 # --- revocation while serving ----------------------------------------------------------------

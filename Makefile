@@ -1,9 +1,10 @@
-# Two entry points: `make demo` and `make test`. Both create the virtualenv in .venv first.
+# Entry points: `make demo`, `make test` and `make bench` (see below). Each creates the
+# virtualenv in .venv first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-stop test lint unit venv clean
+.PHONY: demo demo-stop test lint unit venv clean bench
 
 venv: $(VENV)/.installed
 
@@ -31,6 +32,18 @@ unit: venv
 	$(BIN)/python -m pytest -q
 
 test: lint unit
+
+# The performance story (bench/suite.py): every scenario against every peer, database sizes,
+# revocation propagation, CRL signing and memory, into bench/RESULTS.md and bench/suite-*.png.
+# About 40 minutes; `make bench QUICK=1` runs a short subset (about 4 minutes). Installs the
+# bench extra (matplotlib, django-ca, gunicorn); the script installs wrk and nginx with apt-get
+# when they are missing.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/suite.py $(if $(filter 1 yes true,$(QUICK)),--quick)
+
+$(VENV)/.bench-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,demo,bench]'
+	touch $@
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

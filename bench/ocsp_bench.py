@@ -629,11 +629,15 @@ def start_ocspd(
     workers: int,
     extra_env: dict[str, str],
     name: str = "ocspd",
+    responder_extra: str = "",
 ) -> Server:
+    """`responder_extra`: more `[responder]` lines (bench/suite.py sets cache_entries)."""
     port, admin_port = free_port(), free_port()
     config = work / f"{name.replace(' ', '-').replace(',', '')}.toml"
     # drain_seconds only shortens the stop at the end; nothing here changes how it answers.
-    config.write_text('[responder]\nnonce = "echo"\nlog_level = "info"\ndrain_seconds = 0.5\n')
+    config.write_text(
+        '[responder]\nnonce = "echo"\nlog_level = "info"\ndrain_seconds = 0.5\n' + responder_extra
+    )
     env = {**os.environ, **extra_env, "OCSPD_DATABASE_URL": db_url}
     env.pop("OCSPD_CONFIG", None)
     log = config.with_suffix(".log")
@@ -786,6 +790,8 @@ class Bench:
                 # cache, and a run more would cost it a child, see start_openssl).
                 warmup = self.warmup if ours else 1.0
                 run_wrk(server.url, scenario, warmup, a.connections, a.threads, log)
+                if ours:
+                    time.sleep(1.1)  # the warm-up's counts reach /metrics first
             before = metrics(server) if ours else {}
             assert server.process is not None
             pids = group_pids(server.process.pid)
@@ -801,6 +807,8 @@ class Bench:
                 scenario, server.name, result, round_number, reply.raw_size, server_cpu, db_cpu
             )
             if ours:
+                # ocspd adds its counts to /metrics once a second (ocspd/metrics.py).
+                time.sleep(1.1)
                 self._ocspd_counters(run, before, metrics(server))
             self._check(run)
             print(
@@ -880,6 +888,8 @@ _CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
     ("response cache (cache.py)", re.compile(r"ocspd/sources/cache\.py")),
     ("live source (live.py)", re.compile(r"ocspd/sources/live\.py")),
     ("ocspd HTTP handler (http.py)", re.compile(r"ocspd/http\.py")),
+    ("request audit records (ocspd/audit)", re.compile(r"ocspd/audit/")),
+    ("ocspd HTTP/1.1 server (httpserver.py, httptools)", re.compile(r"httpserver\.py|httptools")),
     ("aiohttp (parsing, routing, response)", re.compile(r"aiohttp/")),
     ("logging", re.compile(r"/logging/")),
 ]
@@ -1243,22 +1253,29 @@ def wrk_version() -> str:
     return " ".join(out.split()[:2])
 
 
-def write_results(path: Path, generated: str) -> None:
-    block = f"{BEGIN}\n{generated}\n{END}"
+def write_results(
+    path: Path,
+    generated: str,
+    section_title: str = SECTION,
+    begin: str = BEGIN,
+    end: str = END,
+) -> None:
+    """Replace the generated block of `section_title` (bench/suite.py passes its own)."""
+    block = f"{begin}\n{generated}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(SECTION)
+    start = text.find(section_title)
     if start < 0:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+        text = text.rstrip("\n") + f"\n\n{section_title}\n\n{block}\n"
     else:
-        nxt = text.find("\n## ", start + len(SECTION))
+        nxt = text.find("\n## ", start + len(section_title))
         end_of_section = len(text) if nxt < 0 else nxt + 1
         section = text[start:end_of_section]
-        if BEGIN in section and END in section:
-            head, rest = section.split(BEGIN, 1)
-            tail = rest.split(END, 1)[1]
+        if begin in section and end in section:
+            head, rest = section.split(begin, 1)
+            tail = rest.split(end, 1)[1]
             section = head + block + tail
         else:
-            section = f"{SECTION}\n\n{block}\n" + ("\n" if nxt >= 0 else "")
+            section = f"{section_title}\n\n{block}\n" + ("\n" if nxt >= 0 else "")
         text = text[:start] + section + text[end_of_section:]
     path.write_text(text)
 

@@ -262,6 +262,8 @@ class Startup:
             self._config.responder.cache_entries,
             self._config.responder.nonce,
             self._metrics,
+            # A cached answer is served as current only while the feed is (1-second budget).
+            status_current=lambda: feed.healthy(within=1.0),
         )
         handler = OcspHandler(
             FilterSource(cache, issuers),

@@ -93,7 +93,7 @@ class ResponderMetrics:
         )
         self.cache = Counter(
             "ocspd_cache_lookups_total",
-            "In-process response cache lookups by result (hit, miss, stale).",
+            "In-process response cache lookups by result (hit, miss, stale, feed_behind: the change feed was late, so the database was asked).",
             ["result"],
             registry=registry,
         )

@@ -345,3 +345,33 @@ async def test_nonce_responses_in_one_second_share_their_encoded_answers(
     assert d.this_update_utc == START + dt.timedelta(seconds=1)
     assert d.certificate_status == ocsp.OCSPCertStatus.REVOKED
     await live.close()
+
+
+async def test_cache_asks_the_database_while_the_feed_is_behind(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    """A cached answer is current only while the change feed is: when the feed is late the
+    inner source (the database) answers; only if it cannot is the cached answer served."""
+    clock = Clock()
+    inner = FakeSource(clock)
+    current = [True]
+    cache = CacheSource(
+        inner, table, clock, dt.timedelta(hours=12), 100, NoncePolicy.ECHO,
+        ResponderMetrics(CollectorRegistry()), status_current=lambda: current[0],
+    )  # fmt: skip
+    request = OcspRequest((CertId.of(cas[0].cert, 9),), None, b"request-bytes")
+    first = await cache.response(request)
+    assert await cache.response(request) is first and inner.calls == 1
+    assert cache.lookup_request(b"request-bytes") is first
+
+    current[0] = False  # the feed missed its 1-second budget
+    assert cache.lookup_request(b"request-bytes") is None
+    fresh = await cache.response(request)
+    assert fresh is not first and inner.calls == 2  # the database was asked
+
+    class Down(FakeSource):
+        async def response(self, request: OcspRequest) -> Response:
+            raise TryLater("database unreachable")
+
+    cache._inner = Down(clock)  # the database cannot answer either: an outage
+    assert await cache.response(request) is first

@@ -10,6 +10,7 @@ from dataclasses import replace
 from itertools import islice
 
 from ocspd.config import NoncePolicy
+from ocspd.errors import Unavailable
 from ocspd.metrics import ResponderMetrics
 from ocspd.protocol.request import OcspRequest
 from ocspd.sources.base import Response, Source
@@ -34,8 +35,14 @@ class CacheSource:
         max_entries: int,
         nonce: NoncePolicy,
         metrics: ResponderMetrics,
+        status_current: Callable[[], bool] = lambda: True,
     ) -> None:
         self._inner = inner
+        # True while the change feed has polled within the 1-second budget. Only then is a
+        # cached answer known to show the current status; otherwise the database is asked,
+        # and the cached answer serves only if the database cannot answer (an outage, when
+        # no status can change either).
+        self._status_current = status_current
         self._issuers = issuers
         self._clock = clock
         self._refresh_after = refresh_after
@@ -44,6 +51,7 @@ class CacheSource:
         self._hit = metrics.tally(metrics.cache.labels("hit"))
         self._stale = metrics.tally(metrics.cache.labels("stale"))
         self._miss = metrics.tally(metrics.cache.labels("miss"))
+        self._unconfirmed = metrics.tally(metrics.cache.labels("feed_behind"))
         self._entries: OrderedDict[bytes, tuple[Response, Changed]] = OrderedDict()
         # (issuer_id, serial) -> CertID DERs cached for it (one per hash algorithm used).
         self._keys: dict[Changed, set[bytes]] = {}
@@ -67,8 +75,10 @@ class CacheSource:
         if entry is not None:
             cached = entry[0]
             if now < cached.this_update + self._refresh_after and now < cached.next_update:
-                self._hit.inc()
-                return cached
+                if self._status_current():
+                    self._hit.inc()
+                    return cached
+                return await self._confirm(key, request, cached)
             self._stale.inc()
         else:
             self._miss.inc()
@@ -94,6 +104,14 @@ class CacheSource:
         finally:
             del self._pending[key]
 
+    async def _confirm(self, key: bytes, request: OcspRequest, cached: Response) -> Response:
+        """The feed is behind: ask the database; keep the cached answer if it cannot say."""
+        self._unconfirmed.inc()
+        try:
+            return await self._inner.response(request)
+        except Unavailable:
+            return cached
+
     def lookup_request(self, body: bytes | str) -> Response | None:
         """The cached answer to exactly these request bytes, without parsing them again.
 
@@ -109,7 +127,8 @@ class CacheSource:
             return None
         cached = entry[0]
         now = self._clock()
-        if now < cached.this_update + self._refresh_after and now < cached.next_update:
+        fresh = now < cached.this_update + self._refresh_after and now < cached.next_update
+        if fresh and self._status_current():
             self._hit.inc()
             return cached
         return None

@@ -338,3 +338,22 @@ def test_stream_mac_is_hmac_sha256() -> None:
         for _ in range(20):
             a, b = os.urandom(32), os.urandom(200)
             assert mac(a, b) == hmac.digest(key, a + b, "sha256")
+
+
+def test_sealer_cuts_segments_that_chain_across() -> None:
+    """Every max_records records a segment is cut, so no COPY carries an unbounded backlog;
+    the cut segments still form one chain."""
+    from ocspd.audit.requests import Sealer, make_segment
+
+    skey = stream_key(Key(), "ocsp/t")
+    sealer = Sealer("ocsp/t", "test-key", skey, max_records=3)
+    for record in _records(7):
+        sealer.add(record.at_us, record.nonce, encode(record)[18:], b"", b"")
+    assert sealer.count == 7
+    segments = []
+    while (taken := sealer.take()) is not None:
+        segments.append(make_segment("ocsp/t", "test-key", *taken))
+    assert [(s.first_seq, s.last_seq) for s in segments] == [(1, 3), (4, 6), (7, 7)]
+    assert sealer.count == 0
+    verifier = _verify(segments)
+    assert verifier.problem is None and verifier.count == 7

@@ -46,6 +46,8 @@ from ocspd.store import audit as audit_store
 from ocspd.store import request_audit
 
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Records per COPY (~5 MB): well inside the pool's 5 s command timeout on a busy database.
+COPY_RECORDS = 20_000
 
 
 def new_stream_name(worker: int) -> str:
@@ -161,18 +163,28 @@ class RequestAudit:
             with contextlib.suppress(Exception):
                 await self._storing
         await self._seal_all()
-        await self._store_unsent()
+        while self._unsent:
+            left = len(self._unsent)
+            await self._store_unsent()
+            if len(self._unsent) >= left:
+                return  # storage failed: the caller spools or retries
 
     async def _seal_all(self) -> None:
-        taken = self._sealer.take()
-        if taken is None:
-            return
-        sealed = make_segment(self.stream, self._sealer.key_id, *taken)
-        self._unsent.append(sealed)
-        self._unsent_records += _count(sealed)
+        while (taken := self._sealer.take()) is not None:
+            sealed = make_segment(self.stream, self._sealer.key_id, *taken)
+            self._unsent.append(sealed)
+            self._unsent_records += _count(sealed)
 
     async def _store_unsent(self) -> None:
-        batch = list(self._unsent)
+        # At most COPY_RECORDS per COPY (at least one segment): a batch that grew during an
+        # outage goes in over several COPYs, none near the command timeout.
+        batch: list[Segment] = []
+        records = 0
+        for segment in self._unsent:
+            if batch and records + _count(segment) > COPY_RECORDS:
+                break
+            batch.append(segment)
+            records += _count(segment)
         if batch:
             # One COPY for all of them: one transaction, so one WAL flush per batch.
             if await self._store(batch):
@@ -266,10 +278,7 @@ class RequestAudit:
                     self._unsent.appendleft(self._first)
                     self._unsent_records += _count(self._first)
                     self._first = None
-                sealed = self._seal()
-                if sealed is not None:
-                    self._unsent.append(sealed)
-                    self._unsent_records += _count(sealed)
+                await self._seal_all()
                 if self._unsent and not self._spool_unsent():
                     self._log.error(
                         "audit records could not be stored or spooled at shutdown",

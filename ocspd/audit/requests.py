@@ -206,17 +206,21 @@ class StreamMac:
 class Sealer:
     """Chains a stream's records as they come: each is encoded and MAC'd at once into a
     byte buffer, so a waiting record costs its bytes and no Python objects (nothing for the
-    garbage collector to walk at 50 000 requests a second). `take` hands over the buffer as
-    the next segment's records. Not thread-safe; one per stream."""
+    garbage collector to walk at 50 000 requests a second). A segment is cut every
+    `max_records` records, so none grows too large for one timely COPY; `take` hands over the
+    oldest. Not thread-safe; one per stream."""
 
-    def __init__(self, stream: str, key_id: str, skey: bytes) -> None:
+    def __init__(self, stream: str, key_id: str, skey: bytes, max_records: int = 20_000) -> None:
         self.stream = stream
         self.key_id = key_id
         self._mac = StreamMac(skey)
+        self._max_records = max_records
         self.seq = 0
         self.head = GENESIS
         self._buffer = bytearray()
-        self.count = 0  # records in the buffer
+        self._in_buffer = 0
+        self._cut: list[tuple[bytes, int, int, int, int]] = []
+        self.count = 0  # records waiting: in cut segments and in the buffer
         self._first_us = 0
         self._last_us = 0
 
@@ -235,25 +239,36 @@ class Sealer:
         buffer += method_outcome
         buffer += answer
         buffer += mac
-        if not self.count:
+        if not self._in_buffer:
             self._first_us = at_us
         self._last_us = at_us
+        self._in_buffer += 1
         self.count += 1
+        if self._in_buffer >= self._max_records:
+            self._cut.append(self._cut_buffer())
 
-    def take(self) -> tuple[bytes, int, int, int, int] | None:
-        """The buffered records (packed), first and last seq, first and last time (µs); None
-        when there are none. The buffer starts over."""
-        if not self.count:
-            return None
+    def _cut_buffer(self) -> tuple[bytes, int, int, int, int]:
         taken = (
             bytes(self._buffer),
-            self.seq - self.count + 1,
+            self.seq - self._in_buffer + 1,
             self.seq,
             self._first_us,
             self._last_us,
         )
         self._buffer = bytearray()
-        self.count = 0
+        self._in_buffer = 0
+        return taken
+
+    def take(self) -> tuple[bytes, int, int, int, int] | None:
+        """The oldest waiting run of records (packed), first and last seq, first and last
+        time (µs); None when none waits."""
+        if self._cut:
+            taken = self._cut.pop(0)
+        elif self._in_buffer:
+            taken = self._cut_buffer()
+        else:
+            return None
+        self.count -= taken[2] - taken[1] + 1
         return taken
 
 

@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# setup.py builds ocspd/audit/_chain.c (gcc, libssl-dev); without them ocspd runs, slower.
+$(VENV)/.installed: pyproject.toml setup.py ocspd/audit/_chain.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,demo]'

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import datetime as dt
 import os
@@ -68,6 +69,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from ocspd import devpki
+from ocspd.audit.requests import CHAIN_IN_C
 
 ADMIN_URL = os.environ.get(
     "OCSPD_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -814,7 +816,10 @@ class Bench:
             print(
                 f"  {run.server:<16} {scenario.title:<18} {result.rps:9.0f} req/s  "
                 f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                f"errors {result.status}/{result.socket_errors}  {'; '.join(run.problems)}",
+                f"errors {result.status}/{result.socket_errors}  "
+                f"CPU {run.cpu_us_per_request(run.server_cpu_s):.1f}"
+                f"{f' + {run.cpu_us_per_request(run.db_cpu_s):.1f} PG' if ours else ''} µs/req  "
+                f"{'; '.join(run.problems)}",
                 flush=True,
             )
             self.runs.append(run)
@@ -822,6 +827,65 @@ class Bench:
         finally:
             if target == "openssl" and server.process is not None:
                 self.procs.stop(server.process, grace=2.0)
+
+    def run_side_by_side(self, scenario: Scenario, round_number: int) -> list[Run]:
+        """The audit cost measured at one moment: ocspd with and without the request audit,
+        each loaded by its own wrk with half the connections, at the same time. Both get the
+        same share of the cores and suffer the same noise, so their throughput ratio is
+        their CPU-per-response ratio, steadier than two runs taken one after the other."""
+        a = self.args
+        assert self.ocspd_no_audit is not None
+        servers = [
+            (self.ocspd, "ocspd, side by side"),
+            (self.ocspd_no_audit, "ocspd, audit off, side by side"),
+        ]
+        sample = scenario.sample()
+        sizes = []
+        for server, _ in servers:
+            reply = send(server.port, sample)
+            check_answer(reply, sample, ocsp.OCSPCertStatus.GOOD, scenario.responder)
+            sizes.append(reply.raw_size)
+        connections = max(1, a.connections // 2)
+        threads = max(1, a.threads // 2)
+
+        def load(seconds: float) -> list[WrkResult]:
+            with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
+                futures = [
+                    pool.submit(
+                        run_wrk, server.url, scenario, seconds, connections, threads,
+                        self.work / f"wrk-{i}.log",
+                    )
+                    for i, (server, _) in enumerate(servers)
+                ]  # fmt: skip
+                return [f.result() for f in futures]
+
+        load(self.warmup)
+        time.sleep(1.1)
+        before = [metrics(server) for server, _ in servers]
+        pids = []
+        for server, _ in servers:
+            assert server.process is not None
+            pids.append(group_pids(server.process.pid))
+        cpu_before = [cpu_seconds(p) for p in pids]
+        results = load(self.seconds)
+        cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu_before, strict=True)]
+        time.sleep(1.1)
+        runs = []
+        for (server, name), result, used, counts, size in zip(
+            servers, results, cpu, before, sizes, strict=True
+        ):
+            run = Run(scenario, name, result, round_number, size, used)
+            self._ocspd_counters(run, counts, metrics(server))
+            self._check(run)
+            print(
+                f"  {name:<30} {scenario.title:<12} {result.rps:9.0f} req/s  "
+                f"p99 {result.p99_ms:6.2f} ms  CPU {run.cpu_us_per_request(used):.1f} µs/req  "
+                f"{'; '.join(run.problems)}",
+                flush=True,
+            )
+            runs.append(run)
+        self.runs += runs
+        return runs
 
     def _ocspd_counters(self, run: Run, before: dict[str, float], after: dict[str, float]) -> None:
         outcomes = counter_delta(before, after, "ocspd_requests_total", "outcome")
@@ -1026,7 +1090,9 @@ def report(
         f"{os.cpu_count()} cores, load "
         f"average before start {load}; Python {platform.python_version()}, aiohttp "
         f"{version('aiohttp')}, uvloop {version('uvloop')}, {openssl_version()}, "
-        f"{wrk_version()}, PostgreSQL on 127.0.0.1).",
+        f"{wrk_version()}, PostgreSQL on 127.0.0.1; request audit records chained "
+        f"{'in C, ocspd.audit._chain' if CHAIN_IN_C else 'in Python: ocspd.audit._chain not built'}"
+        ").",
         "",
         f"{a.count} leaves of one issuing CA ({100 // REVOKED_EVERY} % revoked); a delegated "
         f"responder with a P-256 key in a file. `ocspd serve --workers {a.workers}` "
@@ -1037,7 +1103,7 @@ def report(
         f"{', median run shown' if a.rounds > 1 else ''}), on the same cores as the servers. "
         f"Cached runs follow a {bench.warmup:g} s warm-up that fills every worker's cache. "
         "Requests name good certificates only, SHA-1 CertIDs; the nonce run rotates through "
-        f"{bench_scenario(bench, 'nonce').record_count} pre-generated requests with distinct "
+        f"{a.nonces} pre-generated requests with distinct "
         "32-octet nonces (neither server remembers nonces, so a repeat after that many "
         "requests costs them the same as a new one).",
         "",
@@ -1049,7 +1115,8 @@ def report(
     ]
     order = [("get", "aiohttp ceiling"), ("get", "ocspd"), ("get", "openssl ocsp"),
              ("post", "aiohttp ceiling"), ("post", "ocspd"), ("post", "ocspd, audit off"),
-             ("post", "openssl ocsp"),
+             ("post", "openssl ocsp"), ("post", "ocspd, side by side"),
+             ("post", "ocspd, audit off, side by side"),
              ("nonce", "ocspd"), ("nonce", "openssl ocsp"), ("nonce-hsm", "ocspd")]  # fmt: skip
     for key, server in order:
         run = _pick(bench.runs, key, server)
@@ -1060,7 +1127,7 @@ def report(
         if run.server_note:
             checks += f" ({run.server_note})"
         cpu = f"{run.cpu_us_per_request(run.server_cpu_s):.0f}"
-        if server.startswith("ocspd"):
+        if server.startswith("ocspd") and not server.endswith("side by side"):
             cpu += f" + {run.cpu_us_per_request(run.db_cpu_s):.0f} PG"
         lines.append(
             f"| {run.scenario.title} | {server} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} "
@@ -1078,7 +1145,10 @@ def report(
     lines += [
         "",
         "CPU is user + system time of the server's processes over the run per response (for "
-        "ocspd, plus that of its PostgreSQL backends); wrk had the rest of the two cores.",
+        "ocspd, plus that of its PostgreSQL backends); wrk had the rest of the two cores. "
+        "The side-by-side rows are ocspd with and without the request audit loaded at the same "
+        "time, each by a wrk with half the connections and threads (their PostgreSQL time "
+        "cannot be told apart, so it is left out).",
         "",
         "| ratio (req/s, same run) | median | per round | CPU/response ratio | target | |",
         "|---|---:|---:|---:|---:|---|",
@@ -1148,6 +1218,13 @@ def report(
         TARGETS["ratio_audit"],
     )
     ratio_line(
+        "ocspd cached POST, audit on / audit off, side by side",
+        "post",
+        "ocspd, side by side",
+        "ocspd, audit off, side by side",
+        TARGETS["ratio_audit"],
+    )
+    ratio_line(
         "ocspd live SoftHSM / ocspd live file key (no target)",
         "nonce-hsm",
         "ocspd",
@@ -1212,10 +1289,6 @@ def hsm_paragraph(bench: Bench) -> str:
         "worker. It runs against ocspd only; its ratio is taken against openssl's nonce run "
         "in the same round (openssl signing with the file key)."
     )
-
-
-def bench_scenario(bench: Bench, key: str) -> Scenario:
-    return next(r.scenario for r in bench.runs if r.scenario.key == key)
 
 
 def source_state() -> str:
@@ -1366,6 +1439,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=RESULTS, help="markdown file to update")
     p.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, PKI)")
+    p.add_argument(
+        "--scenarios",
+        help="comma-separated subset of get,post,nonce,nonce-hsm (default all); the report's "
+        "ratios then show only what ran",
+    )
+    p.add_argument(
+        "--targets",
+        help="comma-separated subset of ocspd,ocspd-no-audit,openssl,ceiling,side-by-side "
+        "(default all; side-by-side: audit on and off loaded at the same time)",
+    )
     return p.parse_args(argv)
 
 
@@ -1439,15 +1522,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 hsm_note=hsm_note,
                 ocspd_no_audit=no_audit,
             )
+            chosen = set(args.scenarios.split(",")) if args.scenarios else set(by_key)
+            targets = set(args.targets.split(",")) if args.targets else None
             for round_number in range(args.rounds):
                 print(f"round {round_number + 1}/{args.rounds}")
                 for scenario in scenarios:
+                    if scenario.key not in chosen:
+                        continue
                     for target in scenario.targets:
-                        bench.run(scenario, target, round_number)
+                        if targets is None or target in targets:
+                            bench.run(scenario, target, round_number)
+                    if scenario.key == "post" and (targets is None or "side-by-side" in targets):
+                        bench.run_side_by_side(scenario, round_number)
             profiles = []
             if not args.no_profile:
                 for key in ("post", "nonce", "nonce-hsm"):
-                    if key not in by_key:
+                    if key not in by_key or key not in chosen:
                         continue
                     profile = profile_ocspd(bench, by_key[key], 6.0 if args.quick else 10.0)
                     if profile:

@@ -17,6 +17,7 @@ from conftest import Cli, Pki
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from needs import missing
 from responder import Responder, http_get, http_post, start_responder
 
 from ocspd.audit.chain import GENESIS
@@ -25,6 +26,7 @@ from ocspd.audit.requests import (
     SegmentVerifier,
     decode,
     encode,
+    make_segment,
     seal,
     stream_key,
     unpack,
@@ -84,7 +86,7 @@ def test_a_modified_deleted_or_swapped_record_is_named() -> None:
     second, _ = seal("ocsp/t", "test-key", skey, head, _records(3, start=4))
 
     # Modified: the client address of record 5 changed in place.
-    parts = list(unpack(second.records))
+    parts = list(unpack(second.records, second.first_seq))
     data, mac = parts[1]
     forged = data.replace(b"192.0.2.7", b"192.0.2.8")
     records = b"".join(
@@ -338,6 +340,51 @@ def test_stream_mac_is_hmac_sha256() -> None:
         for _ in range(20):
             a, b = os.urandom(32), os.urandom(200)
             assert mac(a, b) == hmac.digest(key, a + b, "sha256")
+
+
+def test_chain_in_c_is_the_python_chain() -> None:
+    """ocspd.audit._chain (C, OpenSSL) writes exactly the bytes of the pure-Python reference,
+    for every field size, negative times, long keys and an empty batch; and the verifier
+    accepts them. In CI the extension must have been built: a silent fallback to Python would
+    cost every request several µs (bench/RESULTS.md)."""
+    import os
+    import random
+
+    from ocspd.audit import requests as audit_requests
+
+    if not audit_requests.CHAIN_IN_C:
+        missing("ocspd.audit._chain is not built (setup.py: needs gcc and libssl-dev)")
+    from ocspd.audit._chain import chain
+
+    rng = random.Random(7)
+    for key_length in (16, 32, 64, 65, 200):
+        key = os.urandom(key_length)
+        head = os.urandom(32)
+        records = [
+            (
+                rng.randrange(-(2**63), 2**63),
+                rng.random() < 0.5,
+                os.urandom(rng.randrange(0, 300)),
+                os.urandom(rng.randrange(0, 40)),
+                os.urandom(rng.randrange(0, 2000)),
+            )
+            for _ in range(rng.randrange(0, 50))
+        ]
+        seq = rng.randrange(0, 2**40)
+        assert chain(key, head, seq, records) == audit_requests.chain_records_py(
+            key, head, seq, records
+        )
+    with pytest.raises(TypeError):
+        chain(b"k", bytes(32), 0, [(1, False, b"", b"", "not bytes")])
+    with pytest.raises(ValueError):
+        chain(b"k", bytes(31), 0, [])
+    # Records chained in C verify as a stream.
+    skey = stream_key(Key(), "ocsp/t")
+    sealed = [(r.at_us, r.nonce, encode(r)[18:], b"", b"") for r in _records(5)]
+    packed, last = chain(skey, GENESIS, 0, sealed)
+    segment = make_segment("ocsp/t", "test-key", packed, 1, 5, sealed[0][0], sealed[-1][0])
+    verifier = _verify([segment])
+    assert verifier.problem is None and verifier.count == 5 and verifier.head == last
 
 
 def test_sealer_cuts_segments_that_chain_across() -> None:

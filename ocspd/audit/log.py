@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,12 @@ class RequestAudit:
         self.stream = stream
         self._key = key
         self._sealer = Sealer(stream, key.key_id, stream_key(key, stream))
+        self._pending = self._sealer.pending
+        self._append = self._pending.append
+        # The tryLater policy's bound on records in memory; the spool policy has none.
+        self._refuse_at = (
+            config.max_pending if config.on_failure is AuditFailure.TRY_LATER else sys.maxsize
+        )
         self._pool = pool
         self._config = config
         self._spool = Path(config.spool_dir)
@@ -79,6 +86,8 @@ class RequestAudit:
         self._unsent: collections.deque[Segment] = collections.deque()
         self._unsent_records = 0
         self.spooled_records = 0
+        # tryLater policy: true while the backlog in memory is full (see _check_backlog).
+        self.refusing = False
         self._failing_since: float | None = None
         self._storing: asyncio.Task[None] | None = None
         # The stream's first segment while open() has not succeeded (see open).
@@ -97,21 +106,19 @@ class RequestAudit:
 
     def record(self, nonce: bool, addresses: bytes, method_outcome: bytes, answer: bytes) -> None:
         """One request, its fields already encoded (and shared between requests): client and
-        server address, method and outcome, then ocspd.audit.requests.answer_fields."""
-        self._sealer.add(time.time_ns() // 1000, nonce, addresses, method_outcome, answer)
+        server address, method and outcome, then ocspd.audit.requests.answer_fields. A tuple
+        appended to a list: chaining and encoding wait for the next flush (Sealer.take)."""
+        self._append((time.time_ns() // 1000, nonce, addresses, method_outcome, answer))
 
     @property
     def pending(self) -> int:
         """Records not in PostgreSQL yet (in memory or in this worker's spool)."""
-        return self._sealer.count + self._unsent_records + self.spooled_records
+        return len(self._pending) + self._unsent_records + self.spooled_records
 
-    @property
-    def refusing(self) -> bool:
-        """tryLater policy: true while the backlog in memory is full."""
-        return (
-            self._config.on_failure is AuditFailure.TRY_LATER
-            and self._sealer.count + self._unsent_records >= self._config.max_pending
-        )
+    def _check_backlog(self) -> None:
+        # Checked at every flush and store, not per request: the backlog can overshoot
+        # max_pending by one flush interval's requests, and the hot path reads a bool.
+        self.refusing = len(self._pending) + self._unsent_records >= self._refuse_at
 
     # --- the stream ------------------------------------------------------------------------
 
@@ -174,6 +181,7 @@ class RequestAudit:
             sealed = make_segment(self.stream, self._sealer.key_id, *taken)
             self._unsent.append(sealed)
             self._unsent_records += _count(sealed)
+        self._check_backlog()
 
     async def _store_unsent(self) -> None:
         # At most COPY_RECORDS per COPY (at least one segment): a batch that grew during an
@@ -191,6 +199,7 @@ class RequestAudit:
                 for _ in batch:
                     self._unsent.popleft()
                 self._unsent_records -= sum(_count(s) for s in batch)
+                self._check_backlog()
             elif self._config.on_failure is AuditFailure.SPOOL:
                 self._spool_unsent()
         # Spooled segments (this worker's, or left by one that stopped) go in once storage

@@ -10,16 +10,17 @@ Each responder worker writes one stream of records. Record i carries
 
 where the stream key is derived once per stream from the audit key (a MAC over the stream's
 name), so a PKCS#11 audit key is asked once per worker, not once per request, and never
-leaves its token. Records are stored in segments (a run of consecutive records per row);
-`verify_segments` walks a stream's segments and names the first record that was modified,
-deleted or moved.
+leaves its token. Records are stored in segments (a run of consecutive records per row, see
+`unpack` for the layout); `SegmentVerifier` walks a stream's segments and names the first
+record that was modified, deleted or moved.
 
 The encoding is unambiguous: a version octet, seq and time as 8-octet integers, the nonce
 flag, then every variable field with a 2-octet length, CertIDs and statuses counted. The
 fields that describe the answer (hash, signer, CertIDs, statuses) come last and are the same
 bytes for every request a cached response answers, so they are encoded once per response
-(`answer_fields`), and sealing a record is one struct.pack, one join and one HMAC. A
-segment's records are compressed by PostgreSQL (lz4): requests repeat, and so do records.
+(`answer_fields`). A request costs the hot path one tuple appended to a list; the flush
+chains them in C (ocspd.audit._chain, OpenSSL's SHA-256), and a segment stores each
+distinct field value once, so a record takes 53 octets.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ _VERSION = 2
 _HEAD = struct.Struct(">BqqB")  # version, seq, at (µs), nonce
 _LEN = struct.Struct(">H")
 _RECORD_LEN = struct.Struct(">I")
+# Storage format 3 of a segment (see unpack): per record at_us, nonce, three part numbers.
+_SEGMENT_FORMAT = 3
+_STORED_HEAD = struct.Struct(">qBIII")
+_STORED_BYTES = _STORED_HEAD.size + MAC_BYTES
 _STREAM_KEY_LABEL = b"ocspd ocsp-audit stream key v1\x00"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -172,7 +177,8 @@ def decode(data: bytes) -> RequestRecord:
 
 @dataclass(frozen=True)
 class Segment:
-    """Consecutive records of one stream, each followed by its MAC, as stored in one row."""
+    """Consecutive records of one stream with their MACs, as stored in one row (`records`
+    in one of the layouts `unpack` reads)."""
 
     stream: str
     first_seq: int
@@ -203,73 +209,83 @@ class StreamMac:
         return outer.digest()
 
 
+# What the hot path records per request: (at_us, nonce, addresses, method_outcome, answer),
+# the three byte fields encoded already (see RequestAudit.record).
+Pending = tuple[int, bool, bytes, bytes, bytes]
+
+
+def chain_records_py(
+    key: bytes, head: bytes, seq: int, records: Sequence[Pending]
+) -> tuple[bytes, bytes]:
+    """Chain `records`, numbered from seq + 1, after the record whose MAC is `head`, into a
+    segment in storage format 3 (see `unpack`); returns it and the last MAC. The reference
+    for ocspd.audit._chain.chain, which does the same in C."""
+    if len(head) != MAC_BYTES:
+        raise ValueError("head must be 32 octets")
+    mac = StreamMac(key)
+    numbers: dict[bytes, int] = {}
+    stored = bytearray()
+    for at_us, nonce, *fields in records:
+        seq += 1
+        if not all(type(f) is bytes for f in fields):
+            raise TypeError("record fields must be bytes")
+        head = mac(head, _HEAD.pack(_VERSION, seq, at_us, nonce), *fields)
+        stored += _STORED_HEAD.pack(
+            at_us, nonce, *(numbers.setdefault(f, len(numbers)) for f in fields)
+        )
+        stored += head
+    table = b"".join(_RECORD_LEN.pack(len(f)) + f for f in numbers)
+    return bytes([_SEGMENT_FORMAT]) + _RECORD_LEN.pack(len(numbers)) + table + stored, head
+
+
+try:
+    from ocspd.audit._chain import chain as chain_records
+except ImportError:  # built without a compiler or OpenSSL's headers (see setup.py)
+    chain_records = chain_records_py
+CHAIN_IN_C = chain_records is not chain_records_py
+
+
 class Sealer:
-    """Chains a stream's records as they come: each is encoded and MAC'd at once into a
-    byte buffer, so a waiting record costs its bytes and no Python objects (nothing for the
-    garbage collector to walk at 50 000 requests a second). A segment is cut every
-    `max_records` records, so none grows too large for one timely COPY; `take` hands over the
-    oldest. Not thread-safe; one per stream."""
+    """Chains a stream's records. `pending` is where the hot path puts them: one tuple per
+    request, appended as is (a list append is all a request pays). `take` chains the
+    oldest of them, at most `max_records` (so none is too large for one timely COPY), in one
+    call to chain_records: encoding and HMAC-SHA256 in C, a few hundred nanoseconds a
+    record. Not thread-safe; one per stream."""
 
     def __init__(self, stream: str, key_id: str, skey: bytes, max_records: int = 20_000) -> None:
         self.stream = stream
         self.key_id = key_id
-        self._mac = StreamMac(skey)
+        self._skey = skey
         self._max_records = max_records
-        self.seq = 0
-        self.head = GENESIS
-        self._buffer = bytearray()
-        self._in_buffer = 0
-        self._cut: list[tuple[bytes, int, int, int, int]] = []
-        self.count = 0  # records waiting: in cut segments and in the buffer
-        self._first_us = 0
-        self._last_us = 0
+        self.seq = 0  # of the last record chained
+        self.head = GENESIS  # its MAC
+        self.pending: list[Pending] = []
+
+    @property
+    def count(self) -> int:
+        """Records waiting to be chained."""
+        return len(self.pending)
 
     def add(
         self, at_us: int, nonce: bool, addresses: bytes, method_outcome: bytes, answer: bytes
     ) -> None:
-        """The next record: its head, then the encoded fields in three shared pieces
-        (client and server address, method and outcome, answer_fields)."""
-        self.seq += 1
-        head = _HEAD.pack(_VERSION, self.seq, at_us, nonce)
-        self.head = mac = self._mac(self.head, head, addresses, method_outcome, answer)
-        buffer = self._buffer
-        buffer += _RECORD_LEN.pack(_HEAD.size + len(addresses) + len(method_outcome) + len(answer))
-        buffer += head
-        buffer += addresses
-        buffer += method_outcome
-        buffer += answer
-        buffer += mac
-        if not self._in_buffer:
-            self._first_us = at_us
-        self._last_us = at_us
-        self._in_buffer += 1
-        self.count += 1
-        if self._in_buffer >= self._max_records:
-            self._cut.append(self._cut_buffer())
-
-    def _cut_buffer(self) -> tuple[bytes, int, int, int, int]:
-        taken = (
-            bytes(self._buffer),
-            self.seq - self._in_buffer + 1,
-            self.seq,
-            self._first_us,
-            self._last_us,
-        )
-        self._buffer = bytearray()
-        self._in_buffer = 0
-        return taken
+        """The next record: its time, nonce flag, then the encoded fields in three shared
+        pieces (client and server address, method and outcome, answer_fields)."""
+        self.pending.append((at_us, nonce, addresses, method_outcome, answer))
 
     def take(self) -> tuple[bytes, int, int, int, int] | None:
-        """The oldest waiting run of records (packed), first and last seq, first and last
-        time (µs); None when none waits."""
-        if self._cut:
-            taken = self._cut.pop(0)
-        elif self._in_buffer:
-            taken = self._cut_buffer()
-        else:
+        """The oldest waiting records, chained and packed, with their first and last seq and
+        first and last time (µs); None when none waits."""
+        pending = self.pending
+        if not pending:
             return None
-        self.count -= taken[2] - taken[1] + 1
-        return taken
+        # The list itself stays: RequestAudit holds its bound append.
+        taken = pending[: self._max_records]
+        del pending[: self._max_records]
+        first = self.seq + 1
+        packed, self.head = chain_records(self._skey, self.head, self.seq, taken)
+        self.seq += len(taken)
+        return packed, first, self.seq, taken[0][0], taken[-1][0]
 
 
 def make_segment(
@@ -281,9 +297,9 @@ def make_segment(
     first_us: int,
     last_us: int,
 ) -> Segment:
-    """A sealed run of records as stored. Not compressed here: PostgreSQL compresses the
-    column with lz4 (sql/0005), several times cheaper than zlib in Python, and records
-    repeat enough that it shrinks them about fivefold."""
+    """A sealed run of records as stored. Not compressed here: each distinct field value is
+    stored once per segment already, and PostgreSQL compresses the column with lz4
+    (sql/0005) on top."""
     return Segment(
         stream,
         first_seq,
@@ -300,7 +316,7 @@ def seal(
 ) -> tuple[Segment, bytes]:
     """Chain `records` (consecutive, after the record whose MAC is `previous`) into a
     segment; returns it and the MAC of its last record, for the next segment."""
-    sealer = Sealer(stream, key_id, skey)
+    sealer = Sealer(stream, key_id, skey, max_records=len(records))
     sealer.seq, sealer.head = records[0].seq - 1, previous
     for r in records:
         sealer.add(r.at_us, r.nonce, encode(r)[_HEAD.size :], b"", b"")
@@ -309,20 +325,59 @@ def seal(
     return make_segment(stream, key_id, *taken), sealer.head
 
 
-def unpack(stored: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(encoded record, its MAC) for each record of a segment's stored `records`."""
-    records = stored
+def unpack(stored: bytes, first_seq: int) -> Iterator[tuple[bytes, bytes]]:
+    """(encoded record, its MAC) for each record of a segment's stored `records`, the
+    first being seq `first_seq`. Two storage formats:
+
+    - 3 (what ocspd writes): 0x03; a u32 count of parts, each a u32 length and the octets
+      of one distinct field value; then per record at_us (i64), nonce (1 octet), the part
+      numbers of its three fields (u32 each: addresses, method and outcome, answer) and its
+      MAC. Requests repeat their fields, so a record takes 53 octets, not some 250.
+    - 2: per record a u32 length, the encoded record, its MAC (records written before
+      format 3, and the format `seal` is tested against).
+    """
+    if stored[:1] == bytes([_SEGMENT_FORMAT]):
+        yield from _unpack_parts(stored, first_seq)
+        return
     at = 0
-    while at < len(records):
-        if at + _RECORD_LEN.size > len(records):
+    while at < len(stored):
+        if at + _RECORD_LEN.size > len(stored):
             raise ValueError("segment truncated")
-        (n,) = _RECORD_LEN.unpack_from(records, at)
+        (n,) = _RECORD_LEN.unpack_from(stored, at)
         at += _RECORD_LEN.size
-        data, mac = records[at : at + n], records[at + n : at + n + MAC_BYTES]
+        data, mac = stored[at : at + n], stored[at + n : at + n + MAC_BYTES]
         if len(data) != n or len(mac) != MAC_BYTES:
             raise ValueError("segment truncated")
         at += n + MAC_BYTES
         yield data, mac
+
+
+def _unpack_parts(stored: bytes, seq: int) -> Iterator[tuple[bytes, bytes]]:
+    if len(stored) < 5:
+        raise ValueError("segment truncated")
+    (count,) = _RECORD_LEN.unpack_from(stored, 1)
+    at = 5
+    parts = []
+    for _ in range(count):
+        if at + _RECORD_LEN.size > len(stored):
+            raise ValueError("segment truncated")
+        (n,) = _RECORD_LEN.unpack_from(stored, at)
+        at += _RECORD_LEN.size
+        if at + n > len(stored):
+            raise ValueError("segment truncated")
+        parts.append(stored[at : at + n])
+        at += n
+    while at < len(stored):
+        if at + _STORED_BYTES > len(stored):
+            raise ValueError("segment truncated")
+        at_us, nonce, *numbers = _STORED_HEAD.unpack_from(stored, at)
+        if nonce > 1 or max(numbers) >= len(parts):
+            raise ValueError("record names a part that is not there")
+        mac = stored[at + _STORED_HEAD.size : at + _STORED_BYTES]
+        at += _STORED_BYTES
+        head = _HEAD.pack(_VERSION, seq, at_us, nonce)
+        yield b"".join((head, *(parts[i] for i in numbers))), mac
+        seq += 1
 
 
 class SegmentVerifier:
@@ -354,7 +409,7 @@ class SegmentVerifier:
             return self._fail(None, f"seq {expected}..{segment.first_seq - 1} missing (deleted)")
         seq = segment.first_seq
         try:
-            for data, mac in unpack(segment.records):
+            for data, mac in unpack(segment.records, segment.first_seq):
                 if mac != hmac.digest(self._skey, self.head + data, "sha256"):
                     return self._fail(seq, "MAC mismatch (record modified or reordered)")
                 record = decode(data)

@@ -100,7 +100,7 @@ async def search(
         ORDER BY first_at, stream, first_seq
     """
     async for row in conn.cursor(query, since, until, prefetch=batch):
-        for data, _mac in unpack(bytes(row["records"])):
+        for data, _mac in unpack(bytes(row["records"]), row["first_seq"]):
             record = decode(data)
             at = record.at
             in_range = (since is None or at >= since) and (until is None or at < until)

@@ -269,8 +269,10 @@ class Startup:
             self._config.responder.cache_entries,
             self._config.responder.nonce,
             self._metrics,
-            # A cached answer is served as current only while the feed is (1-second budget).
+            # A cached answer is served as current only while the feed is (1-second budget);
+            # otherwise requests wait up to a second for the feed to catch up.
             status_current=lambda: feed.healthy(within=1.0),
+            catch_up=lambda: feed.catch_up(timeout=1.0),
         )
         handler = OcspHandler(
             FilterSource(cache, issuers),

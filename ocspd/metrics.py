@@ -195,7 +195,8 @@ class ResponderMetrics:
         )
         self.feed_lag = Gauge(
             "ocspd_change_feed_age_seconds",
-            "Seconds since the change feed last polled the status database successfully.",
+            "Age of the change feed's view: seconds since its last successful poll of the "
+            "status database started.",
             registry=registry,
             multiprocess_mode="max",
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -375,3 +376,43 @@ async def test_cache_asks_the_database_while_the_feed_is_behind(
 
     cache._inner = Down(clock)  # the database cannot answer either: an outage
     assert await cache.response(request) is first
+
+
+async def test_cache_waits_for_the_feed_to_catch_up_before_asking_the_database(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    """With the feed behind, a request first waits for one poll (shared by every request):
+    if it comes, the cached answer is current again, or gone if the poll dropped it; only
+    if it does not come is the database asked, request by request."""
+    clock = Clock()
+    inner = FakeSource(clock)
+    current = [True]
+    polls: list[Callable[[], None]] = []
+
+    async def catch_up() -> bool:
+        for poll in polls:
+            poll()
+        current[0] = bool(polls)
+        return bool(polls)
+
+    cache = CacheSource(
+        inner, table, clock, dt.timedelta(hours=12), 100, NoncePolicy.ECHO,
+        ResponderMetrics(CollectorRegistry()), status_current=lambda: current[0],
+        catch_up=catch_up,
+    )  # fmt: skip
+    cert_id = CertId.of(cas[0].cert, 9)
+    request = OcspRequest((cert_id,), None, b"request-bytes")
+    first = await cache.response(request)
+
+    current[0] = False
+    polls.append(lambda: None)  # the poll comes and changes nothing
+    assert await cache.response(request) is first and inner.calls == 1
+
+    current[0] = False
+    polls[0] = lambda: cache.invalidate([(1, 9)])  # the poll brings a change to serial 9
+    fresh = await cache.response(request)
+    assert fresh is not first and inner.calls == 2
+
+    current[0] = False
+    polls.clear()  # no poll in time: the database is asked
+    assert await cache.response(request) is not fresh and inner.calls == 3

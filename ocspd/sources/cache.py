@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from itertools import islice
 
@@ -36,13 +36,16 @@ class CacheSource:
         nonce: NoncePolicy,
         metrics: ResponderMetrics,
         status_current: Callable[[], bool] = lambda: True,
+        catch_up: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._inner = inner
-        # True while the change feed has polled within the 1-second budget. Only then is a
-        # cached answer known to show the current status; otherwise the database is asked,
-        # and the cached answer serves only if the database cannot answer (an outage, when
-        # no status can change either).
+        # True while the change feed's view is within the 1-second budget. Only then is a
+        # cached answer known to show the current status. Otherwise the request waits for
+        # the feed to `catch_up` (one poll answers for every waiting request); if it cannot,
+        # the database is asked, and the cached answer serves only if the database cannot
+        # answer (an outage, when no status can change either).
         self._status_current = status_current
+        self._catch_up = catch_up
         self._issuers = issuers
         self._clock = clock
         self._refresh_after = refresh_after
@@ -70,15 +73,18 @@ class CacheSource:
             request = replace(request, nonce=None)  # RFC 5019: answer from cache, no nonce
         elif self._max_entries > 0:
             self._remember(request.der, key)
-        now = self._clock()
         entry = self._entries.get(key)
-        if entry is not None:
-            cached = entry[0]
-            if now < cached.this_update + self._refresh_after and now < cached.next_update:
-                if self._status_current():
-                    self._hit.inc()
-                    return cached
-                return await self._confirm(key, request, cached)
+        if entry is not None and self._fresh(entry[0]):
+            if not self._status_current():
+                self._unconfirmed.inc()
+                if self._catch_up is None or not await self._catch_up():
+                    return await self._confirm(request, entry[0])
+                entry = self._entries.get(key)  # the poll may have dropped it
+            if entry is not None:
+                self._hit.inc()
+                return entry[0]
+            self._miss.inc()
+        elif entry is not None:
             self._stale.inc()
         else:
             self._miss.inc()
@@ -104,9 +110,13 @@ class CacheSource:
         finally:
             del self._pending[key]
 
-    async def _confirm(self, key: bytes, request: OcspRequest, cached: Response) -> Response:
-        """The feed is behind: ask the database; keep the cached answer if it cannot say."""
-        self._unconfirmed.inc()
+    def _fresh(self, cached: Response) -> bool:
+        now = self._clock()
+        return now < cached.this_update + self._refresh_after and now < cached.next_update
+
+    async def _confirm(self, request: OcspRequest, cached: Response) -> Response:
+        """The feed cannot catch up: ask the database; keep the cached answer if it cannot
+        say."""
         try:
             return await self._inner.response(request)
         except Unavailable:
@@ -126,9 +136,7 @@ class CacheSource:
         if entry is None:
             return None
         cached = entry[0]
-        now = self._clock()
-        fresh = now < cached.this_update + self._refresh_after and now < cached.next_update
-        if fresh and self._status_current():
+        if self._fresh(cached) and self._status_current():
             self._hit.inc()
             return cached
         return None

@@ -1,14 +1,20 @@
 """The change feed: which certificates changed since the last poll, on a primary or a replica.
 
-NOTIFY does not reach streaming replicas, so responders poll. Each poll runs in one
-REPEATABLE READ snapshot and asks for rows written by transactions that the previous poll's
-snapshot did not see (sql/0002). A transaction that commits late is still caught, because
-"not visible in the old snapshot" does not depend on when it started.
+NOTIFY does not reach streaming replicas, so responders poll. Each poll is one statement:
+it reads the statement's own snapshot (pg_current_snapshot() is the active snapshot) and the
+rows written by transactions that the previous poll's snapshot did not see (sql/0002). A
+transaction that commits late is still caught, because "not visible in the old snapshot"
+does not depend on when it started. One statement is one round trip: on a busy database a
+poll's time is mostly waiting its turn, once per round trip.
+
+What a poll delivers is every change committed before the poll started, so the feed's
+currency is counted from there (`current_as_of`), not from when the answer arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +26,12 @@ from ocspd.model import serial_from_bytes
 Changed = tuple[int, int]  # (issuer_id, serial)
 
 _BASELINE = "SELECT pg_current_snapshot()::text"
+# Aggregated so that a poll with no changes still returns its snapshot (one row either way).
 _POLL = """
-    SELECT issuer_id, serial FROM certificates
+    SELECT pg_current_snapshot()::text AS snapshot,
+           coalesce(array_agg(issuer_id), '{}') AS issuers,
+           coalesce(array_agg(serial), '{}') AS serials
+    FROM certificates
     WHERE change_xid >= pg_snapshot_xmin($1::text::pg_snapshot)
       AND NOT pg_visible_in_snapshot(change_xid, $1::text::pg_snapshot)
 """
@@ -44,45 +54,83 @@ class ChangeFeed:
         self._log = log
         self._clock = clock
         self._snapshot: str | None = None
-        self.last_success: float | None = None
+        # Clock reading taken just before the last successful poll was sent.
+        self.current_as_of: float | None = None
+        self._wake = asyncio.Event()
+        self._polled: asyncio.Future[None] | None = None
+        self.failing = False  # the last poll `run` made failed
 
     async def poll(self) -> int:
         """One poll; returns the number of changed rows seen."""
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            snapshot: str = await conn.fetchval(_BASELINE)
-            rows: list[asyncpg.Record] = []
-            if self._snapshot is not None:
-                rows = await conn.fetch(_POLL, self._snapshot)
+        started = self._clock()
+        async with self._pool.acquire() as conn:
+            if self._snapshot is None:
+                snapshot: str = await conn.fetchval(_BASELINE)
+                changed: list[Changed] = []
+            else:
+                row = await conn.fetchrow(_POLL, self._snapshot)
+                assert row is not None  # an aggregate: always one row
+                snapshot = row["snapshot"]
+                changed = [
+                    (issuer_id, serial_from_bytes(serial))
+                    for issuer_id, serial in zip(row["issuers"], row["serials"], strict=True)
+                ]
         self._snapshot = snapshot
-        self.last_success = self._clock()
-        if rows:
-            self._on_change([(r["issuer_id"], serial_from_bytes(r["serial"])) for r in rows])
-        return len(rows)
+        if self.current_as_of is None or started > self.current_as_of:
+            self.current_as_of = started
+        if changed:
+            self._on_change(changed)
+        return len(changed)
 
     def seconds_since_success(self) -> float:
-        return float("inf") if self.last_success is None else self._clock() - self.last_success
+        """How old the feed's view is: since the last successful poll started."""
+        return float("inf") if self.current_as_of is None else self._clock() - self.current_as_of
 
     def healthy(self, within: float) -> bool:
         return self.seconds_since_success() <= within
 
+    async def catch_up(self, timeout: float) -> bool:
+        """Waits for a poll that starts after this call (asking `run` for one now); True once
+        one has succeeded, so every change committed before the call is delivered, False if
+        none did within `timeout` or the last poll failed (the database is not answering, so
+        waiting would only delay the caller). However many requests wait, it is one poll for
+        them all."""
+        if self.failing:
+            return False
+        asked = self._clock()
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                while self.current_as_of is None or self.current_as_of < asked:
+                    if self.failing:
+                        return False
+                    if self._polled is None:
+                        self._polled = asyncio.get_running_loop().create_future()
+                    await asyncio.shield(self._polled)
+        except TimeoutError:
+            return False
+        return True
+
     async def run(self) -> None:
         """Poll until cancelled. Errors are logged and retried; the snapshot survives them, so
         changes made while the database was unreachable are delivered once it is back."""
-        failing = False
         while True:
+            self._wake.clear()
             try:
                 await self.poll()
-                if failing:
+                if self.failing:
                     self._log.info("change feed recovered")
-                failing = False
+                self.failing = False
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-                if not failing:
+                if not self.failing:
                     self._log.error(
                         "change feed poll failed",
                         extra={"error": str(e).splitlines()[0] if str(e) else type(e).__name__},
                     )
-                failing = True
-            await asyncio.sleep(self._interval)
+                self.failing = True
+            polled, self._polled = self._polled, None
+            if polled is not None:
+                polled.set_result(None)  # waiters look at current_as_of again
+            # The next poll after the interval, or as soon as catch_up asks for one.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from ocspd.config import Pkcs11Config
 from ocspd.errors import SigningKeyError
 from ocspd.signing.base import SHA256_ECDSA, SHA256_RSA, SHA384_ECDSA, verify_signature
 from ocspd.signing.filekey import FileSigner
-from ocspd.signing.keys import KeyOpener
+from ocspd.signing.keys import KeyKeeper, KeyOpener
 
 SignableKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -165,6 +166,35 @@ async def test_expired_certificate_refused(
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
     with KeyOpener(Pkcs11Config()) as opener, pytest.raises(SigningKeyError, match="expired at"):
         await opener.open(f"file:{path}", cert, now=later)
+
+
+@pytest.mark.parametrize("outside", ["expired at", "is not valid before"])
+async def test_kept_key_signs_only_while_its_certificate_is_valid(
+    tmp_path: Path, p256_key: ec.EllipticCurvePrivateKey, outside: str
+) -> None:
+    """KM3.5 while serving: a key opened while its certificate was valid refuses to sign
+    once the clock is outside the certificate's validity, however long it has been open."""
+    path = write_key(tmp_path, p256_key)
+    cert = certificate_for(p256_key)
+    now = [dt.datetime.now(dt.UTC)]
+    keeper = KeyKeeper(Pkcs11Config(), logging.getLogger("test"), clock=lambda: now[0])
+    key = keeper.key("ca", f"file:{path}", cert)
+    keeper.keep([key])
+    try:
+        assert await keeper.open_all()
+        signature = await key.sign(b"while valid")
+        verify_signature(p256_key.public_key(), key.algorithm, signature, b"while valid")
+        second = dt.timedelta(seconds=1)
+        now[0] = (
+            cert.not_valid_after_utc + second
+            if outside == "expired at"
+            else cert.not_valid_before_utc - second
+        )
+        with pytest.raises(SigningKeyError, match=outside):
+            await key.sign(b"outside")
+        assert not key.ready  # closed, and opened again only once the rules allow
+    finally:
+        keeper.close()
 
 
 @pytest.mark.parametrize("keyref", ["/tmp/x.pem", "keys/signer.pem", "signer.pem"])

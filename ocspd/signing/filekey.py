@@ -25,6 +25,12 @@ class FileSigner:
         self._public_key = key.public_key()
         self._algorithm = algorithm_for_key(self._public_key)
         self._path = path
+        # Made once: the padding or ECDSA object would otherwise be built per signature.
+        self._how: padding.PKCS1v15 | ec.ECDSA = (
+            padding.PKCS1v15()
+            if isinstance(key, rsa.RSAPrivateKey)
+            else ec.ECDSA(self._algorithm.hash)
+        )
 
     @classmethod
     def load(cls, path: Path) -> FileSigner:
@@ -63,9 +69,12 @@ class FileSigner:
         return self.sign_sync(data)
 
     def sign_sync(self, data: bytes) -> bytes:
-        if isinstance(self._key, rsa.RSAPrivateKey):
-            return self._key.sign(data, padding.PKCS1v15(), self._algorithm.hash)
-        return self._key.sign(data, ec.ECDSA(self._algorithm.hash))
+        how = self._how
+        if isinstance(how, ec.ECDSA):
+            assert isinstance(self._key, ec.EllipticCurvePrivateKey)
+            return self._key.sign(data, how)
+        assert isinstance(self._key, rsa.RSAPrivateKey)
+        return self._key.sign(data, how, self._algorithm.hash)
 
     def close(self) -> None:
         pass

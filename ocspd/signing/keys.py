@@ -111,14 +111,15 @@ class KeyOpener:
 
 def check_validity(certificate: x509.Certificate, now: dt.datetime) -> None:
     """CG2.3 / KM3.5: a key is used only while its certificate is valid."""
-    subject = certificate.subject.rfc4514_string()
     if now < certificate.not_valid_before_utc:
         raise KeyRefused(
-            f"certificate {subject!r} is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}"
+            f"certificate {certificate.subject.rfc4514_string()!r} is not valid before "
+            f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}"
         )
     if now > certificate.not_valid_after_utc:
         raise KeyRefused(
-            f"certificate {subject!r} expired at {certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}"
+            f"certificate {certificate.subject.rfc4514_string()!r} expired at "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}"
         )
 
 
@@ -178,6 +179,8 @@ class KeptKey:
         self._public_key: PublicKeyTypes = certificate.public_key()
         self._algorithm = algorithm_for_key(self._public_key)
         self._description = describe_keyref(keyref)
+        # Read once: the certificate's dates are parsed anew on every access.
+        self._valid = (certificate.not_valid_before_utc, certificate.not_valid_after_utc)
         self._signer: Signer | None = None
         # Why the key is not open (None while it is): one line, never a PIN.
         self.problem: str | None = "not opened yet"
@@ -208,7 +211,9 @@ class KeptKey:
             raise SigningKeyError(f"key {self._description} is not open: {self.problem}")
         try:
             # KM3.5 while serving too: the certificate may expire after the key was opened.
-            check_validity(self.certificate, self._keeper.clock())
+            now = self._keeper.clock()
+            if not self._valid[0] <= now <= self._valid[1]:
+                check_validity(self.certificate, now)  # raises, saying which bound
             return await signer.sign(data)
         except SigningKeyError as e:
             self._keeper.failed(self, signer, e)

@@ -258,8 +258,10 @@ class Startup:
             self._clock,
             self._metrics,
             self._log,
-            # Remembered status is current while the feed polled within the 1-second budget.
+            # Remembered status is current while the feed polled within the 1-second budget,
+            # or once it has caught up.
             status_current=lambda: feed.healthy(within=1.0),
+            catch_up=lambda: feed.catch_up(timeout=1.0),
         )
         cache = self._cache = CacheSource(
             live,

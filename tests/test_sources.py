@@ -296,6 +296,45 @@ async def test_nonce_requests_reuse_a_current_status(
     await live.close()
 
 
+async def test_live_source_waits_for_the_feed_before_reading_the_database(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    """With the feed behind, a nonce request for a remembered row waits for one poll: if it
+    comes, the row is used (or read again if the poll dropped it); if not, the database."""
+    import logging
+
+    from ocspd.config import ResponderConfig
+    from ocspd.sources.live import LiveSource
+
+    store = FakeStore()
+    polls: list[Callable[[], None]] = []
+
+    async def catch_up() -> bool:
+        for poll in polls:
+            poll()
+        return bool(polls)
+
+    live = LiveSource(
+        store,  # type: ignore[arg-type]
+        table, ResponderConfig(), lambda: dt.datetime.now(dt.UTC),
+        ResponderMetrics(CollectorRegistry()), logging.getLogger("test"),
+        status_current=lambda: False, catch_up=catch_up,
+    )  # fmt: skip
+    nonce = _req(cas[0], 31, nonce=b"\x04\x02n1")
+    await live.response(nonce)
+    assert store.lookups == 1
+    polls.append(lambda: None)  # the poll comes, nothing changed: the row is current
+    await live.response(nonce)
+    assert store.lookups == 1
+    polls[0] = lambda: live.invalidate([(1, 31)])  # the poll brings a change to serial 31
+    await live.response(nonce)
+    assert store.lookups == 2
+    polls.clear()  # no poll in time
+    await live.response(nonce)
+    assert store.lookups == 3
+    await live.close()
+
+
 async def test_nonce_responses_in_one_second_share_their_encoded_answers(
     table: IssuerTable, cas: tuple[devpki.Issued, ...]
 ) -> None:

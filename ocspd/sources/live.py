@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
@@ -90,6 +90,7 @@ class LiveSource:
         metrics: ResponderMetrics,
         log: logging.Logger,
         status_current: Callable[[], bool] = lambda: False,
+        catch_up: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._store = store
         self._issuers = issuers
@@ -112,6 +113,9 @@ class LiveSource:
         self._rows: OrderedDict[tuple[int, int], StatusRow | None] = OrderedDict()
         self._max_rows = config.cache_entries
         self._status_current = status_current
+        # While the feed is behind: wait for its next poll (shared by all waiting requests)
+        # rather than each request reading the database.
+        self._catch_up = catch_up
         self._epoch = 0
         # Encoded answers for this second: thisUpdate and producedAt have whole-second
         # precision, so within a second the nonce responses for one certificate differ only
@@ -130,7 +134,12 @@ class LiveSource:
             if len(request.cert_ids) == 1:
                 cert_id = request.cert_ids[0]
                 memo = (issuer.id, cert_id.serial)
-                if request.nonce is not None and memo in self._rows and self._status_current():
+                if (
+                    request.nonce is not None
+                    and memo in self._rows
+                    and (self._status_current() or await self._caught_up())
+                    and memo in self._rows  # the poll waited for may have dropped it
+                ):
                     row = self._rows[memo]
                     return await self._sign(issuer, request, {cert_id.serial: row} if row else {})
                 epoch = self._epoch
@@ -163,6 +172,9 @@ class LiveSource:
                 issuer, request.cert_ids[0], rows[request.cert_ids[0].serial], response
             )
         return response
+
+    async def _caught_up(self) -> bool:
+        return self._catch_up is not None and await self._catch_up()
 
     def _remember(self, memo: tuple[int, int], row: StatusRow | None) -> None:
         if self._max_rows <= 0:

@@ -47,8 +47,10 @@ from ocspd.store import audit as audit_store
 from ocspd.store import request_audit
 
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-# Records per COPY (~5 MB): well inside the pool's 5 s command timeout on a busy database.
-COPY_RECORDS = 20_000
+# Octets per COPY (at least one segment): well inside the pool's 5 s command timeout on a
+# busy database, and large enough that a backlog goes in at several times the rate records
+# arrive (a COPY's fixed cost, a few round trips, is what a starved database makes slow).
+COPY_BYTES = 5_000_000
 
 
 def new_stream_name(worker: int) -> str:
@@ -184,15 +186,15 @@ class RequestAudit:
         self._check_backlog()
 
     async def _store_unsent(self) -> None:
-        # At most COPY_RECORDS per COPY (at least one segment): a batch that grew during an
+        # At most COPY_BYTES per COPY (at least one segment): a batch that grew during an
         # outage goes in over several COPYs, none near the command timeout.
         batch: list[Segment] = []
-        records = 0
+        size = 0
         for segment in self._unsent:
-            if batch and records + _count(segment) > COPY_RECORDS:
+            if batch and size + len(segment.records) > COPY_BYTES:
                 break
             batch.append(segment)
-            records += _count(segment)
+            size += len(segment.records)
         if batch:
             # One COPY for all of them: one transaction, so one WAL flush per batch.
             if await self._store(batch):

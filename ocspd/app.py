@@ -43,7 +43,7 @@ from ocspd.sources.issuers import IssuerTable, ServedIssuer
 from ocspd.sources.live import DB_ERRORS, LiveSource
 from ocspd.store import issuers as issuer_store
 from ocspd.store.db import Role
-from ocspd.store.feed import Changed, ChangeFeed
+from ocspd.store.feed import ChangedRow, ChangeFeed
 from ocspd.store.issuers import Issuer
 from ocspd.store.requests import oldest_pending_seconds
 from ocspd.store.status import StatusStore
@@ -344,10 +344,10 @@ class Startup:
         self._audit_key = None
         self._log.info("audit stream opened", extra={"stream": audit.stream})
 
-    def _changed(self, items: Sequence[Changed]) -> None:
+    def _changed(self, rows: Sequence[ChangedRow]) -> None:
         if self._cache is not None and self._live is not None:
-            self._cache.invalidate(items)
-            self._live.invalidate(items)
+            self._cache.invalidate([(issuer_id, row.serial) for issuer_id, row in rows])
+            self._live.changed(rows)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(work))

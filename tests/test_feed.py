@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import pytest
 
-from ocspd.store.feed import Changed, ChangeFeed
+from ocspd.model import CertStatus, Reason
+from ocspd.store.feed import Changed, ChangedRow, ChangeFeed
 
 LOG = logging.getLogger("test")
 
@@ -51,9 +52,11 @@ REVOKE = (
 class Seen:
     def __init__(self) -> None:
         self.changes: list[Changed] = []
+        self.rows: list[ChangedRow] = []
 
-    def __call__(self, changed: Sequence[Changed]) -> None:
-        self.changes.extend(changed)
+    def __call__(self, changed: Sequence[ChangedRow]) -> None:
+        self.rows.extend(changed)
+        self.changes.extend((issuer_id, row.serial) for issuer_id, row in changed)
 
 
 async def test_a_poll_delivers_what_changed_since_the_last(
@@ -68,6 +71,14 @@ async def test_a_poll_delivers_what_changed_since_the_last(
     await conn.execute(REVOKE, issuer_id, (1).to_bytes(8, "big"))
     assert await feed.poll() == 2
     assert sorted(seen.changes) == [(issuer_id, 1), (issuer_id, 2)]
+    # Whole rows, as the poll read them: responders answer from them without a lookup.
+    rows = {row.serial: row for _, row in seen.rows}
+    assert rows[1].status is CertStatus.REVOKED and rows[1].reason is Reason.keyCompromise
+    assert rows[1].revoked_at is not None and rows[2].status is CertStatus.GOOD
+    [current] = await conn.fetch(
+        "SELECT change_xid::text AS x FROM certificates WHERE serial = $1", (1).to_bytes(8, "big")
+    )
+    assert rows[1].change_xid == int(current["x"])
     assert await feed.poll() == 0  # delivered once
 
 

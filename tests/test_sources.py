@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -333,6 +334,54 @@ async def test_live_source_waits_for_the_feed_before_reading_the_database(
     await live.response(nonce)
     assert store.lookups == 3
     await live.close()
+
+
+async def test_a_row_the_feed_brings_answers_the_next_request_without_a_lookup(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    """The change feed hands over the changed rows whole: the next cacheable request for
+    such a certificate is signed from that row (its new status) without reading the
+    database; later ones look up the shared store again, as every other request does."""
+    import logging
+
+    from cryptography.x509 import ocsp
+
+    from ocspd.config import ResponderConfig
+    from ocspd.model import CertStatus, Reason
+    from ocspd.sources.live import LiveSource
+    from ocspd.store.status import StatusRow
+
+    store = FakeStore()
+    live = LiveSource(
+        store,  # type: ignore[arg-type]
+        table, ResponderConfig(), lambda: dt.datetime.now(dt.UTC),
+        ResponderMetrics(CollectorRegistry()), logging.getLogger("test"),
+        status_current=lambda: True,
+    )  # fmt: skip
+    plain = _req(cas[0], 41)
+    await live.response(plain)
+    assert store.lookups == 1
+    revoked = StatusRow(
+        41, CertStatus.REVOKED, START, Reason.keyCompromise, START + dt.timedelta(days=90), 7
+    )
+    live.changed([(1, revoked)])
+    answer = ocsp.load_der_ocsp_response((await live.response(plain)).der)
+    assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert store.lookups == 1  # no round trip: the poll read the row
+    await live.response(plain)
+    assert store.lookups == 2  # the pushed row answered once; then the store is asked
+    # A bulk change (more rows than half the remembered rows) is not pushed.
+    small = LiveSource(
+        store,  # type: ignore[arg-type]
+        table, ResponderConfig(cache_entries=2), lambda: dt.datetime.now(dt.UTC),
+        ResponderMetrics(CollectorRegistry()), logging.getLogger("test"),
+        status_current=lambda: True,
+    )  # fmt: skip
+    small.changed([(1, revoked), (1, replace(revoked, serial=42))])
+    await small.response(plain)
+    assert store.lookups == 3
+    await live.close()
+    await small.close()
 
 
 async def test_nonce_responses_in_one_second_share_their_encoded_answers(

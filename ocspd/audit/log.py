@@ -47,10 +47,10 @@ from ocspd.store import audit as audit_store
 from ocspd.store import request_audit
 
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-# Octets per COPY (at least one segment): well inside the pool's 5 s command timeout on a
-# busy database, and large enough that a backlog goes in at several times the rate records
-# arrive (a COPY's fixed cost, a few round trips, is what a starved database makes slow).
-COPY_BYTES = 5_000_000
+# Octets per COPY (at least one segment, about 30 000 records): small enough to commit
+# within seconds on a busy database, large enough that a backlog goes in at several times
+# the rate records arrive (a COPY's round trips are what a busy database makes slow).
+COPY_BYTES = 2_000_000
 
 
 def new_stream_name(worker: int) -> str:
@@ -213,7 +213,9 @@ class RequestAudit:
 
     async def _store(self, segments: list[Segment]) -> bool:
         try:
-            await asyncio.wait_for(request_audit.insert_many(self._pool, segments), timeout=30)
+            await asyncio.wait_for(
+                request_audit.insert_many(self._pool, segments, timeout=30), timeout=35
+            )
         except DB_ERRORS as e:
             self._on_error()
             if self._failing_since is None:

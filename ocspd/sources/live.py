@@ -23,7 +23,7 @@ from ocspd.protocol.request import CertId, OcspRequest
 from ocspd.protocol.response import AnswerStatus, ResponseBody, SingleAnswer, build_response
 from ocspd.sources.base import Response
 from ocspd.sources.issuers import IssuerTable, ServedIssuer
-from ocspd.store.feed import Changed
+from ocspd.store.feed import Changed, ChangedRow
 from ocspd.store.status import StatusRow, StatusStore, StoredResponse
 
 # Errors that mean "the database cannot answer now": the client gets tryLater.
@@ -113,6 +113,9 @@ class LiveSource:
         self._rows: OrderedDict[tuple[int, int], StatusRow | None] = OrderedDict()
         self._max_rows = config.cache_entries
         self._status_current = status_current
+        # Certificates whose remembered row came from the change feed and has not answered a
+        # cacheable request yet (see `changed`).
+        self._pushed: set[tuple[int, int]] = set()
         # While the feed is behind: wait for its next poll (shared by all waiting requests)
         # rather than each request reading the database.
         self._catch_up = catch_up
@@ -134,29 +137,37 @@ class LiveSource:
             if len(request.cert_ids) == 1:
                 cert_id = request.cert_ids[0]
                 memo = (issuer.id, cert_id.serial)
+                # A nonce response is signed afresh anyway: any current row will do. A cached
+                # one is looked up with the shared store (a fleet signs it once), unless the
+                # feed has just brought this certificate's new row (no stored response can
+                # show it yet).
                 if (
-                    request.nonce is not None
+                    (request.nonce is not None or memo in self._pushed)
                     and memo in self._rows
                     and (self._status_current() or await self._caught_up())
                     and memo in self._rows  # the poll waited for may have dropped it
                 ):
                     row = self._rows[memo]
-                    return await self._sign(issuer, request, {cert_id.serial: row} if row else {})
-                epoch = self._epoch
-                row, stored = await self._store.lookup_one(issuer.id, cert_id.serial, cert_id.der)
-                if epoch == self._epoch:
-                    self._remember(memo, row)
-                if stored is not None and request.nonce is None and self._fresh(stored, now):
-                    self._stored_hit.inc()
-                    return Response(
-                        stored.der,
-                        stored.this_update,
-                        stored.next_update,
-                        (_status(row),),
-                        cert_ids=(cert_id.der,),
-                        signer=issuer.identity.key_hash,
+                    if request.nonce is None:
+                        self._pushed.discard(memo)
+                else:
+                    epoch = self._epoch
+                    row, stored = await self._store.lookup_one(
+                        issuer.id, cert_id.serial, cert_id.der
                     )
-                self._stored_miss.inc()
+                    if epoch == self._epoch:
+                        self._remember(memo, row)
+                    if stored is not None and request.nonce is None and self._fresh(stored, now):
+                        self._stored_hit.inc()
+                        return Response(
+                            stored.der,
+                            stored.this_update,
+                            stored.next_update,
+                            (_status(row),),
+                            cert_ids=(cert_id.der,),
+                            signer=issuer.identity.key_hash,
+                        )
+                    self._stored_miss.inc()
                 rows = {cert_id.serial: row} if row else {}
             else:
                 rows = await self._store.lookup_many(
@@ -185,10 +196,25 @@ class LiveSource:
             self._rows.popitem(last=False)
 
     def invalidate(self, changed: Sequence[Changed]) -> None:
-        """Fed by the change feed: forget these certificates' rows."""
+        """Forget these certificates' rows."""
         self._epoch += 1
         for item in changed:
             self._rows.pop(item, None)
+            self._pushed.discard(item)
+
+    def changed(self, rows: Sequence[ChangedRow]) -> None:
+        """Fed by the change feed: the changed certificates' rows as its poll read them,
+        current as of that poll. They replace what was remembered, and the next request for
+        each is answered from them, without a database round trip of its own."""
+        self.invalidate([(issuer_id, row.serial) for issuer_id, row in rows])
+        if self._max_rows <= 0 or len(rows) > self._max_rows // 2:
+            return  # a bulk change (an import): read on demand as before
+        if len(self._pushed) + len(rows) > self._max_rows:
+            self._pushed.clear()  # bounded; an entry forgotten costs one lookup
+        for issuer_id, row in rows:
+            memo = (issuer_id, row.serial)
+            self._remember(memo, row)
+            self._pushed.add(memo)
 
     def _fresh(self, stored: StoredResponse, now: dt.datetime) -> bool:
         return now < stored.this_update + self._config.refresh_after and now < stored.next_update

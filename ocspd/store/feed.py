@@ -22,18 +22,23 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from ocspd.model import serial_from_bytes
+from ocspd.store.status import StatusRow, status_row
 
 Changed = tuple[int, int]  # (issuer_id, serial)
+ChangedRow = tuple[int, StatusRow]  # (issuer_id, the row as the poll read it)
 
 _BASELINE = "SELECT pg_current_snapshot()::text"
-# Aggregated so that a poll with no changes still returns its snapshot (one row either way).
+# The changed rows whole, so responders can answer for them without reading each again
+# (one round trip per change would make propagation wait on a busy database). Joined to a
+# one-row relation so that a poll with no changes still returns its snapshot.
 _POLL = """
     SELECT pg_current_snapshot()::text AS snapshot,
-           coalesce(array_agg(issuer_id), '{}') AS issuers,
-           coalesce(array_agg(serial), '{}') AS serials
-    FROM certificates
-    WHERE change_xid >= pg_snapshot_xmin($1::text::pg_snapshot)
-      AND NOT pg_visible_in_snapshot(change_xid, $1::text::pg_snapshot)
+           c.issuer_id, c.serial, c.status::text AS status, c.revoked_at, c.reason,
+           c.not_after, c.change_xid::text AS change_xid
+    FROM (VALUES (1)) AS one (x)
+    LEFT JOIN certificates c
+      ON c.change_xid >= pg_snapshot_xmin($1::text::pg_snapshot)
+     AND NOT pg_visible_in_snapshot(c.change_xid, $1::text::pg_snapshot)
 """
 
 
@@ -44,7 +49,7 @@ class ChangeFeed:
         self,
         pool: asyncpg.Pool,
         interval: float,
-        on_change: Callable[[Sequence[Changed]], None],
+        on_change: Callable[[Sequence[ChangedRow]], None],
         log: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -66,14 +71,14 @@ class ChangeFeed:
         async with self._pool.acquire() as conn:
             if self._snapshot is None:
                 snapshot: str = await conn.fetchval(_BASELINE)
-                changed: list[Changed] = []
+                changed: list[ChangedRow] = []
             else:
-                row = await conn.fetchrow(_POLL, self._snapshot)
-                assert row is not None  # an aggregate: always one row
-                snapshot = row["snapshot"]
+                records = await conn.fetch(_POLL, self._snapshot)
+                snapshot = records[0]["snapshot"]  # at least one row (see _POLL)
                 changed = [
-                    (issuer_id, serial_from_bytes(serial))
-                    for issuer_id, serial in zip(row["issuers"], row["serials"], strict=True)
+                    (r["issuer_id"], status_row(r, serial_from_bytes(r["serial"])))
+                    for r in records
+                    if r["issuer_id"] is not None
                 ]
         self._snapshot = snapshot
         if self.current_as_of is None or started > self.current_as_of:

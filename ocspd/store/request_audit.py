@@ -37,9 +37,12 @@ async def insert(conn: asyncpg.Connection | asyncpg.Pool, segment: Segment) -> b
     return True
 
 
-async def insert_many(pool: asyncpg.Pool, segments: list[Segment]) -> None:
+async def insert_many(pool: asyncpg.Pool, segments: list[Segment], timeout: float = 30) -> None:
     """Store `segments` with one COPY (one transaction). Segments stored before (a retry
-    after a lost answer) make the COPY fail as a whole; then each goes in on its own."""
+    after a lost answer) make the COPY fail as a whole; then each goes in on its own.
+
+    The COPY has its own `timeout`, longer than the pool's command timeout: on a database
+    slow to answer, a COPY cancelled half-way is work thrown away and sent again."""
     async with pool.acquire() as conn:
         try:
             await conn.copy_records_to_table(
@@ -65,6 +68,7 @@ async def insert_many(pool: asyncpg.Pool, segments: list[Segment]) -> None:
                     "key_id",
                     "records",
                 ],
+                timeout=timeout,
             )
         except asyncpg.UniqueViolationError:
             for segment in segments:

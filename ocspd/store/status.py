@@ -58,7 +58,8 @@ _STORE = """
 """
 
 
-def _row(record: asyncpg.Record, serial: int) -> StatusRow:
+def status_row(record: asyncpg.Record, serial: int) -> StatusRow:
+    """A row of `certificates` as read by the queries here (and the change feed's)."""
     return StatusRow(
         serial=serial,
         status=CertStatus(record["status"]),
@@ -84,12 +85,12 @@ class StatusStore:
         stored = None
         if record["der"] is not None:
             stored = StoredResponse(record["der"], record["this_update"], record["next_update"])
-        return _row(record, serial), stored
+        return status_row(record, serial), stored
 
     async def lookup_many(self, issuer_id: int, serials: Sequence[int]) -> dict[int, StatusRow]:
         raw = {serial_to_bytes(s): s for s in serials}
         records = await self._pool.fetch(_MANY, issuer_id, list(raw))
-        return {raw[r["serial"]]: _row(r, raw[r["serial"]]) for r in records}
+        return {raw[r["serial"]]: status_row(r, raw[r["serial"]]) for r in records}
 
     async def store(
         self, cert_id_der: bytes, issuer_id: int, row: StatusRow, response: StoredResponse

@@ -169,7 +169,7 @@ QUICK = Plan(
     seconds=2.0,
     warmup=1.0,
     concurrency=(64,),
-    leaves=400,
+    leaves=200,
     nonces=4000,
     db_sizes=(10_000, 100_000),
     db_seconds=2.0,
@@ -177,10 +177,10 @@ QUICK = Plan(
     db_requests=8000,
     revocations=50,
     revocation_rate=20.0,
-    soak_seconds=12.0,
+    soak_seconds=9.0,
     soak_interval=3.0,
     crl_sizes=(10_000, 100_000),
-    profile_seconds=3.0,
+    profile_seconds=2.0,
 )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,40 @@ async def test_sign_and_verify(
         data = b"tbsCertList"
         verify_signature(key.public_key(), signer.algorithm, await signer.sign(data), data)
         signer.close()
+
+
+async def test_rsa_signatures_leave_the_event_loop_free(
+    tmp_path: Path, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """An RSA signature (about 1 ms at 2048 bits) is computed off the event loop, so other
+    connections are served meanwhile: 200 signatures in a row would hold a signing loop for
+    about 200 ms; here a ticker on the loop must never wait more than a fraction of that."""
+    signer = FileSigner.load(write_key(tmp_path, rsa_key))
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    for i in range(200):
+        data = b"response %d" % i
+        verify_signature(rsa_key.public_key(), SHA256_RSA, await signer.sign(data), data)
+    spent = time.perf_counter() - started
+    done.set()
+    await task
+    assert len(gaps) > 10
+    assert max(gaps) < spent / 2, f"loop stalled {max(gaps):.3f} s of {spent:.3f} s signing"
+    signer.close()
+    with pytest.raises(SigningKeyError, match="closed"):
+        await signer.sign(b"after close")
 
 
 async def test_file_url_with_three_slashes(

@@ -1,7 +1,7 @@
 """The performance story (issue 6): ocspd side by side with its peers, in one run on one machine.
 
     make bench            # .venv/bin/python bench/suite.py          (about 40 min)
-    make bench QUICK=1    # .venv/bin/python bench/suite.py --quick  (about 2.5 min)
+    make bench QUICK=1    # .venv/bin/python bench/suite.py --quick  (about 3 min)
 
 What one run does, in this order (every figure below comes from the same run):
   1. Setup: a throwaway PKI (ocsp_bench.make_pki: a root, an issuing CA "bench" with a P-256
@@ -1974,7 +1974,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--quick", action="store_true", help="the short subset (about 2.5 minutes)")
+    p.add_argument("--quick", action="store_true", help="the short subset (about 3 minutes)")
     p.add_argument("--results", type=Path, default=ob.RESULTS, help="markdown file to update")
     p.add_argument("--no-results", action="store_true", help="print only; leave RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the work directory")

@@ -1080,6 +1080,14 @@ class Propagation:
     polls: int
     # Per revocation shown: delay, answers still good after the return, slowest single poll.
     detail: list[tuple[float, int, float]] = field(default_factory=list)
+    # From the first command's return to the last one's: the rate the revoker achieved (one
+    # command at a time, so a slow command under load holds up the next).
+    returns_span: float = 0.0
+
+    @property
+    def achieved_rate(self) -> float | None:
+        returned = self.count - self.failed
+        return (returned - 1) / self.returns_span if returned > 1 and self.returns_span else None
 
 
 async def _watch(
@@ -1087,7 +1095,7 @@ async def _watch(
     requests: list[bytes],
     revoker: asyncio.subprocess.Process,
     timeout: float,
-) -> tuple[list[float], list[tuple[float, int, float]], int, int, int]:
+) -> tuple[list[float], list[tuple[float, int, float]], int, int, int, float]:
     import aiohttp
 
     delays: list[float] = []
@@ -1127,18 +1135,21 @@ async def _watch(
                 await asyncio.sleep(0.01)
 
         tasks = []
+        returns: list[float] = []
         assert revoker.stdout is not None
         async for raw in revoker.stdout:
             word, index, returned = raw.decode().split()
             if word != "DONE":
                 failed += 1
                 continue
+            returns.append(float(returned))
             tasks.append(asyncio.create_task(poll(int(index), float(returned))))
         await revoker.wait()
         await asyncio.gather(*tasks)
     if not_successful:
         print(f"  propagation: answers that were not successful: {not_successful}")
-    return delays, detail, missing, failed, polls
+    span = returns[-1] - returns[0] if returns else 0.0
+    return delays, detail, missing, failed, polls, span
 
 
 def propagation(suite: Suite, cases: dict[str, Case], targets: list[int]) -> Propagation:
@@ -1164,7 +1175,7 @@ def propagation(suite: Suite, cases: dict[str, Case], targets: list[int]) -> Pro
     env = {**os.environ, **suite.extra_env, "OCSPD_DATABASE_URL": suite.db_url}
     env.pop("OCSPD_CONFIG", None)
 
-    async def go() -> tuple[list[float], list[tuple[float, int, float]], int, int, int]:
+    async def go() -> tuple[list[float], list[tuple[float, int, float]], int, int, int, float]:
         revoker = await asyncio.create_subprocess_exec(
             sys.executable, str(Path(__file__).resolve()), "--revoker", str(serials_file),
             "--rate", str(suite.plan.revocation_rate),
@@ -1174,12 +1185,13 @@ def propagation(suite: Suite, cases: dict[str, Case], targets: list[int]) -> Pro
         return await _watch(server.port, requests, revoker, timeout=10.0)
 
     try:
-        delays, detail, missing, failed, polls = asyncio.run(go())
+        delays, detail, missing, failed, polls, span = asyncio.run(go())
     finally:
         out = stop_wrk(load, suite.log)
     result = Propagation(
-        len(targets), delays, missing, failed, f"mix c=16: {wrk_summary(out)}", polls, detail
-    )
+        len(targets), delays, missing, failed, f"mix c=16: {wrk_summary(out)}", polls, detail,
+        span,
+    )  # fmt: skip
     for delay, good, slow in sorted(detail, reverse=True)[:3]:
         print(
             f"    slowest: {1000 * delay:.0f} ms, {good} answers still good after the return, "
@@ -1189,7 +1201,8 @@ def propagation(suite: Suite, cases: dict[str, Case], targets: list[int]) -> Pro
         print(
             f"  propagation: {len(delays)} shown, p50 {1000 * pct(delays, 50):.0f} ms, "
             f"p99 {1000 * pct(delays, 99):.0f} ms, max {1000 * max(delays):.0f} ms; "
-            f"missing {missing}, failed {failed}; load {result.load}"
+            f"missing {missing}, failed {failed}; revocations returned at "
+            f"{result.achieved_rate or 0:.1f}/s; load {result.load}"
         )
     return result
 
@@ -1683,9 +1696,17 @@ def report(
             "",
             f"{prop.count} good certificates of `bench` (written with COPY before ocspd "
             "started), each answered good three times first so the workers cache it; then "
-            f"`ocspd revoke --reason keyCompromise` for each, {suite.plan.revocation_rate:g} "
-            "per second, in one child process that calls `ocspd.cli.main` (the command's "
-            "own code, without an interpreter start per revocation). From the moment each "
+            f"`ocspd revoke --reason keyCompromise` for each, at most "
+            f"{suite.plan.revocation_rate:g} per second, one after the other in one child "
+            "process that calls `ocspd.cli.main` (the command's own code, without an "
+            "interpreter start per revocation)"
+            + (
+                f"; they returned at {prop.achieved_rate:.1f} per second, "
+                f"{1000 / prop.achieved_rate:.0f} ms a command under this load"
+                if prop.achieved_rate
+                else ""
+            )
+            + ". From the moment each "
             "command returned, a poller sends that serial's request (POST, no nonce: the "
             "cacheable path) every 10 ms until an answer says revoked; the delay is that "
             "answer's arrival minus the return. Load meanwhile: the mix at 16 connections "

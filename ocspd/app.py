@@ -244,7 +244,9 @@ class Startup:
     async def _connect(self, first: bool) -> None:
         async with self._pool.acquire() as conn:
             found = await issuer_store.list_issuers(conn, with_counts=False)
-        feed = ChangeFeed(self._feed_pool, self._interval, self._changed, self._log)
+        feed = ChangeFeed(
+            self._feed_pool, self._interval, self._changed, self._changed_in_bulk, self._log
+        )
         await feed.poll()  # the baseline snapshot, before the first request is answered
         audit = self._audit
         if audit is not None and self._audit_key is not None:
@@ -348,6 +350,11 @@ class Startup:
         if self._cache is not None and self._live is not None:
             self._cache.invalidate([(issuer_id, row.serial) for issuer_id, row in rows])
             self._live.changed(rows)
+
+    def _changed_in_bulk(self) -> None:
+        if self._cache is not None and self._live is not None:
+            self._cache.clear()
+            self._live.forget()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(work))

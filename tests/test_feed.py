@@ -53,17 +53,25 @@ class Seen:
     def __init__(self) -> None:
         self.changes: list[Changed] = []
         self.rows: list[ChangedRow] = []
+        self.bulks = 0
 
     def __call__(self, changed: Sequence[ChangedRow]) -> None:
         self.rows.extend(changed)
         self.changes.extend((issuer_id, row.serial) for issuer_id, row in changed)
+
+    def bulk(self) -> None:
+        self.bulks += 1
+
+
+def no_bulk() -> None:
+    raise AssertionError("no bulk change was expected")
 
 
 async def test_a_poll_delivers_what_changed_since_the_last(
     conn: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
     seen = Seen()
-    feed = ChangeFeed(pool, 60, seen, LOG)
+    feed = ChangeFeed(pool, 60, seen, no_bulk, LOG)
     issuer_id = await add_cert(conn, 1)
     assert await feed.poll() == 0  # the baseline: what exists is not a change
     assert await feed.poll() == 0
@@ -82,13 +90,36 @@ async def test_a_poll_delivers_what_changed_since_the_last(
     assert await feed.poll() == 0  # delivered once
 
 
+async def test_a_bulk_change_is_not_handed_over_row_by_row(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """More changed rows than a poll reads (an import of many certificates in one go): the
+    poll reads max_rows + 1 of them, tells the responder to forget its caches, and moves on;
+    the next change is handed over as usual."""
+    seen = Seen()
+    feed = ChangeFeed(pool, 60, seen, seen.bulk, LOG, max_rows=5)
+    issuer_id = await add_cert(conn, 100)
+    await feed.poll()
+    await conn.execute(
+        "INSERT INTO certificates (issuer_id, serial, not_after) "
+        "SELECT $1, int8send(n), now() + interval '1 year' FROM generate_series(101, 150) n",
+        issuer_id,
+    )
+    assert await feed.poll() == 6
+    assert seen.bulks == 1 and seen.changes == []
+    assert await feed.poll() == 0  # the bulk change is behind it
+    await conn.execute(REVOKE, issuer_id, (120).to_bytes(8, "big"))
+    assert await feed.poll() == 1
+    assert seen.bulks == 1 and seen.changes == [(issuer_id, 120)]
+
+
 async def test_a_transaction_that_commits_late_is_still_delivered(
     conn: asyncpg.Connection, pool: asyncpg.Pool, db_url: str
 ) -> None:
     """The writer's transaction starts (and takes its xid) before a poll and commits after
     it: the next poll still sees it, since it was not visible in the previous snapshot."""
     seen = Seen()
-    feed = ChangeFeed(pool, 60, seen, LOG)
+    feed = ChangeFeed(pool, 60, seen, no_bulk, LOG)
     issuer_id = await add_cert(conn, 7)
     await feed.poll()
     writer = await asyncpg.connect(db_url)
@@ -115,7 +146,7 @@ async def test_currency_counts_from_when_the_poll_started(pool: asyncpg.Pool) ->
         now[0] += 5.0  # every reading five seconds later: the poll "takes" five seconds
         return now[0]
 
-    feed = ChangeFeed(pool, 60, Seen(), LOG, clock=clock)
+    feed = ChangeFeed(pool, 60, Seen(), no_bulk, LOG, clock=clock)
     assert feed.seconds_since_success() == float("inf") and not feed.healthy(within=1e9)
     await feed.poll()
     assert feed.current_as_of == 105.0  # read before the query went out
@@ -134,7 +165,7 @@ async def test_catch_up_is_one_poll_for_every_waiter(
             polls[0] += 1
             return await super().poll()
 
-    feed = Counting(pool, 3600, seen, LOG)  # no timed poll during the test
+    feed = Counting(pool, 3600, seen, no_bulk, LOG)  # no timed poll during the test
     await feed.poll()
     runner = asyncio.create_task(feed.run())
     try:
@@ -154,7 +185,7 @@ async def test_catch_up_is_one_poll_for_every_waiter(
 
 
 async def test_catch_up_gives_up_when_no_poll_succeeds(pool: asyncpg.Pool) -> None:
-    feed = ChangeFeed(pool, 3600, Seen(), LOG)
+    feed = ChangeFeed(pool, 3600, Seen(), no_bulk, LOG)
     await feed.poll()
     # Nothing runs the feed (as while the database does not answer): no poll, False in time.
     started = time.monotonic()
@@ -167,7 +198,7 @@ async def test_catch_up_does_not_wait_on_a_failing_database(db_url: str) -> None
     at once, and the caller falls back to asking the database itself."""
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=1)
     assert pool is not None
-    feed = ChangeFeed(pool, 0.05, Seen(), LOG)
+    feed = ChangeFeed(pool, 0.05, Seen(), no_bulk, LOG)
     await feed.poll()
     await pool.close()  # every poll from now on fails
     runner = asyncio.create_task(feed.run())

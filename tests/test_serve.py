@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import io
 import os
 import secrets
@@ -23,7 +24,8 @@ from cryptography.x509 import ocsp
 from responder import Responder, http_get, http_post, start_responder
 
 from ocspd import cli, devpki
-from ocspd.model import format_serial
+from ocspd.model import format_serial, serial_to_bytes
+from ocspd.store.feed import MAX_ROWS
 
 
 def ocspd_cmd(url: str, *args: str | Path) -> str:
@@ -428,6 +430,43 @@ def test_revocation_visible_within_a_second_in_every_worker(served: Served, tmp_
         _, _, body = http_post(served.responder.url, _request(served, _load(cert_path), nonce=True))
         assert ocsp.load_der_ocsp_response(body).certificate_status == ocsp.OCSPCertStatus.REVOKED
     assert statuses[-1] == ocsp.OCSPCertStatus.REVOKED
+
+
+def test_a_bulk_import_while_serving_reaches_every_cached_answer(served: Served) -> None:
+    """More rows change at once than the change feed hands over one by one (an import of a
+    CA's backlog): the workers forget their caches, so a serial cached as unknown is good
+    right after, in every worker."""
+    serial = devpki.random_serial()
+    cert_id = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        hashlib.sha1(served.pki.ca.cert.subject.public_bytes()).digest(),
+        x509.SubjectKeyIdentifier.from_public_key(served.pki.ca.cert.public_key()).digest,
+        serial,
+        hashes.SHA1(),
+    )
+    request = cert_id.build().public_bytes(serialization.Encoding.DER)
+    for _ in range(20):  # cached as unknown in both workers
+        _, _, body = http_post(served.responder.url, request)
+        assert ocsp.load_der_ocsp_response(body).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    # One transaction, more rows than ChangeFeed's MAX_ROWS (bulk serials start 0x7c, so
+    # they are canonical and clash with no test certificate).
+    run_sql(
+        served.url,
+        "INSERT INTO certificates (issuer_id, serial, not_after) "
+        "SELECT i.id, s.serial, now() + interval '1 year' FROM issuers i, "
+        "(SELECT '\\x7c'::bytea || int8send(n) AS serial FROM generate_series(1, $1) n "
+        " UNION ALL SELECT $2::bytea) s WHERE i.name = 'served'",
+        MAX_ROWS,
+        serial_to_bytes(serial),
+    )
+    # Within a second every worker has it (one worker answering good says nothing about
+    # the other): keep asking for that second, then no answer may say unknown.
+    returned = time.monotonic()
+    while time.monotonic() - returned < 1.0:
+        http_post(served.responder.url, request)
+    for _ in range(20):
+        _, _, body = http_post(served.responder.url, request)
+        assert ocsp.load_der_ocsp_response(body).certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert "a bulk change" in served.responder.log.read_text()
 
 
 # --- pkilint on what is served ------------------------------------------------------------------

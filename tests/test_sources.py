@@ -162,6 +162,23 @@ async def test_invalidation_drops_every_hash_variant(
     assert inner.calls == 4
 
 
+async def test_a_bulk_change_clears_the_whole_cache(
+    table: IssuerTable, cas: tuple[devpki.Issued, ...]
+) -> None:
+    """The feed saw more changes than it hands over (ChangeFeed max_rows): every answer,
+    and every request-bytes shortcut to one, is forgotten."""
+    clock = Clock()
+    inner = FakeSource(clock)
+    cache = _cache(inner, table, clock)
+    request = OcspRequest((CertId.of(cas[0].cert, 7),), None, b"request-7-bytes")
+    await cache.response(request)
+    await cache.response(_req(cas[1], 8))
+    cache.clear()
+    assert len(cache) == 0 and cache.lookup_request(request.der) is None
+    await cache.response(request)
+    assert inner.calls == 3
+
+
 async def test_response_fetched_across_an_invalidation_is_not_kept(
     table: IssuerTable, cas: tuple[devpki.Issued, ...]
 ) -> None:
@@ -294,6 +311,11 @@ async def test_nonce_requests_reuse_a_current_status(
     assert store.lookups == 3
     await live.response(_req(cas[0], 31))  # without a nonce the stored-response lookup runs
     assert store.lookups == 4
+    await live.response(nonce)
+    assert store.lookups == 4
+    live.forget()  # a bulk change: every remembered row goes
+    await live.response(nonce)
+    assert store.lookups == 5
     await live.close()
 
 

@@ -181,6 +181,14 @@ class CacheSource:
             for key in self._keys.pop(item, ()):
                 self._entries.pop(key, None)
 
+    def clear(self) -> None:
+        """Forget every entry: the change feed saw more changes than it hands over one by
+        one (a bulk import or a mass revocation)."""
+        self._epoch += 1
+        self._entries.clear()
+        self._keys.clear()
+        self._by_request.clear()
+
     def oldest_this_update(self, sample: int = 64) -> dt.datetime | None:
         """thisUpdate of the oldest entries, the ones at the front of the insertion order.
 

@@ -202,6 +202,12 @@ class LiveSource:
             self._rows.pop(item, None)
             self._pushed.discard(item)
 
+    def forget(self) -> None:
+        """Forget every remembered row (a bulk change: see ChangeFeed)."""
+        self._epoch += 1
+        self._rows.clear()
+        self._pushed.clear()
+
     def changed(self, rows: Sequence[ChangedRow]) -> None:
         """Fed by the change feed: the changed certificates' rows as its poll read them,
         current as of that poll. They replace what was remembered, and the next request for

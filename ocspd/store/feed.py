@@ -9,6 +9,11 @@ poll's time is mostly waiting its turn, once per round trip.
 
 What a poll delivers is every change committed before the poll started, so the feed's
 currency is counted from there (`current_as_of`), not from when the answer arrived.
+
+A poll reads at most `max_rows` changed rows. More than that (a bulk import, a mass
+revocation) is not handed over row by row: `on_bulk` tells the responder to forget
+everything it cached, which is correct for any number of changes and keeps a poll's memory
+and time bounded.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ Changed = tuple[int, int]  # (issuer_id, serial)
 ChangedRow = tuple[int, StatusRow]  # (issuer_id, the row as the poll read it)
 
 _BASELINE = "SELECT pg_current_snapshot()::text"
+# Beyond this many changed rows in one poll, the responder forgets its caches instead.
+MAX_ROWS = 10_000
 # The changed rows whole, so responders can answer for them without reading each again
 # (one round trip per change would make propagation wait on a busy database). Joined to a
 # one-row relation so that a poll with no changes still returns its snapshot.
@@ -39,23 +46,29 @@ _POLL = """
     LEFT JOIN certificates c
       ON c.change_xid >= pg_snapshot_xmin($1::text::pg_snapshot)
      AND NOT pg_visible_in_snapshot(c.change_xid, $1::text::pg_snapshot)
+    LIMIT $2
 """
 
 
 class ChangeFeed:
-    """Polls for status changes and hands them to `on_change`; tracks its own health."""
+    """Polls for status changes and hands them to `on_change` (or, past `max_rows` in one
+    poll, calls `on_bulk`: anything may have changed); tracks its own health."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
         interval: float,
         on_change: Callable[[Sequence[ChangedRow]], None],
+        on_bulk: Callable[[], None],
         log: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
+        max_rows: int = MAX_ROWS,
     ) -> None:
         self._pool = pool
         self._interval = interval
         self._on_change = on_change
+        self._on_bulk = on_bulk
+        self._max_rows = max_rows
         self._log = log
         self._clock = clock
         self._snapshot: str | None = None
@@ -66,14 +79,15 @@ class ChangeFeed:
         self.failing = False  # the last poll `run` made failed
 
     async def poll(self) -> int:
-        """One poll; returns the number of changed rows seen."""
+        """One poll; returns the number of changed rows seen (`max_rows` + 1 for a bulk
+        change, however many there were)."""
         started = self._clock()
         async with self._pool.acquire() as conn:
             if self._snapshot is None:
                 snapshot: str = await conn.fetchval(_BASELINE)
                 changed: list[ChangedRow] = []
             else:
-                records = await conn.fetch(_POLL, self._snapshot)
+                records = await conn.fetch(_POLL, self._snapshot, self._max_rows + 1)
                 snapshot = records[0]["snapshot"]  # at least one row (see _POLL)
                 changed = [
                     (r["issuer_id"], status_row(r, serial_from_bytes(r["serial"])))
@@ -83,7 +97,13 @@ class ChangeFeed:
         self._snapshot = snapshot
         if self.current_as_of is None or started > self.current_as_of:
             self.current_as_of = started
-        if changed:
+        if len(changed) > self._max_rows:
+            self._log.info(
+                "change feed: a bulk change; cached answers forgotten",
+                extra={"rows": f"more than {self._max_rows}"},
+            )
+            self._on_bulk()
+        elif changed:
             self._on_change(changed)
         return len(changed)
 

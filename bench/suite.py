@@ -1285,8 +1285,8 @@ class DbSize:
 
 
 def database_sizes(suite: Suite) -> list[DbSize]:
-    """Each size: COPY the rows up to it (ocspd stopped: a running responder's change feed
-    would read every new row), VACUUM ANALYZE and CHECKPOINT, then a dedicated `ocspd serve`
+    """Each size: COPY the rows up to it (ocspd stopped, so the load has the machine to
+    itself), VACUUM ANALYZE and CHECKPOINT, then a dedicated `ocspd serve`
     with cache_entries = 0 (no response cache, no remembered status rows: every request reads
     the database) under nonce requests for serials drawn uniformly from the bulk rows."""
     plan = suite.plan

@@ -82,28 +82,30 @@ class ChangeFeed:
         """One poll; returns the number of changed rows seen (`max_rows` + 1 for a bulk
         change, however many there were)."""
         started = self._clock()
+        records: list[asyncpg.Record] = []
         async with self._pool.acquire() as conn:
             if self._snapshot is None:
                 snapshot: str = await conn.fetchval(_BASELINE)
-                changed: list[ChangedRow] = []
             else:
                 records = await conn.fetch(_POLL, self._snapshot, self._max_rows + 1)
                 snapshot = records[0]["snapshot"]  # at least one row (see _POLL)
-                changed = [
-                    (r["issuer_id"], status_row(r, serial_from_bytes(r["serial"])))
-                    for r in records
-                    if r["issuer_id"] is not None
-                ]
         self._snapshot = snapshot
         if self.current_as_of is None or started > self.current_as_of:
             self.current_as_of = started
-        if len(changed) > self._max_rows:
+        if len(records) > self._max_rows:
+            # Decided on the count: the rows themselves are not needed.
             self._log.info(
                 "change feed: a bulk change; cached answers forgotten",
                 extra={"rows": f"more than {self._max_rows}"},
             )
             self._on_bulk()
-        elif changed:
+            return len(records)
+        changed = [
+            (r["issuer_id"], status_row(r, serial_from_bytes(r["serial"])))
+            for r in records
+            if r["issuer_id"] is not None
+        ]
+        if changed:
             self._on_change(changed)
         return len(changed)
 

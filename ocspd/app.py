@@ -32,7 +32,7 @@ from ocspd.crlfiles import CrlFiles
 from ocspd.errors import Unavailable
 from ocspd.http import OcspHandler, Readiness
 from ocspd.httpserver import Answer, HttpReply, HttpRequest
-from ocspd.metrics import ResponderMetrics
+from ocspd.metrics import PUBLISH_INTERVAL, ResponderMetrics
 from ocspd.protocol.request import OcspRequest
 from ocspd.protocol.response import ResponderIdentity
 from ocspd.signing.keys import KeptKey, KeyKeeper
@@ -100,7 +100,7 @@ async def open_responder(
 ) -> AsyncIterator[Responder]:
     readiness = Readiness()
     metrics = ResponderMetrics(registry)
-    # What /readyz says, for Prometheus too (the alert OcspdNotReady), once a second.
+    # What /readyz says, for Prometheus too (the alert OcspdNotReady), at every flush.
     metrics.on_flush(lambda: metrics.ready.set(0 if readiness.failing() else 1))
     # CRLs: max-age capped like OCSP responses, and never past nextUpdate.
     crls = CrlFiles(Path(config.crl.directory), config.responder.max_cache_age, clock)
@@ -407,7 +407,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def _flush_metrics(metrics: ResponderMetrics) -> None:
     """Hot-path counters are tallied in memory (ocspd.metrics.Tally); publish them."""
     while True:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(PUBLISH_INTERVAL)
         metrics.flush()
 
 

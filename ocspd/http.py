@@ -111,7 +111,7 @@ class OcspHandler:
         self._readiness = readiness
         self._log = log
         self._clock = clock
-        # Label children resolved once, and counted in tallies flushed once a second: both
+        # Label children resolved once, and counted in tallies flushed a few times a second: both
         # labels() and multiprocess inc() per request showed up in profiles.
         self._counted = {
             (m, o): metrics.tally(metrics.requests.labels(m, o))

@@ -14,6 +14,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# How often each worker adds its tallies to /metrics: so a scrape, or a check right after a
+# burst of requests, is at most this far behind. A flush costs at most about 70 µs (every
+# counter and histogram of a busy worker), less than 0.03 % of a core at this rate.
+PUBLISH_INTERVAL = 0.25
 
 
 class Tally:
@@ -21,7 +25,7 @@ class Tally:
 
     In multiprocess mode every inc() writes a memory-mapped file under a lock, which costs
     more than answering a cached request; the hot path counts here instead, and the worker
-    flushes once a second (so /metrics lags by at most that).
+    flushes every PUBLISH_INTERVAL (so /metrics lags by at most that).
     """
 
     __slots__ = ("_child", "value")

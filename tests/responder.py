@@ -60,7 +60,7 @@ class Responder:
 
     def metrics(self, wait_for: str | None = None, timeout: float = 5.0) -> str:
         """The admin /metrics text; with `wait_for` (a regular expression), polled until it
-        matches (workers publish their request counters once a second)."""
+        matches (workers publish their request counters every metrics.PUBLISH_INTERVAL)."""
         deadline = time.monotonic() + timeout
         while True:
             text = http_get(f"http://127.0.0.1:{self.admin_port}/metrics")[2].decode()

@@ -70,6 +70,7 @@ from cryptography.x509 import ocsp
 
 from ocspd import devpki
 from ocspd.audit.requests import CHAIN_IN_C
+from ocspd.metrics import PUBLISH_INTERVAL
 
 ADMIN_URL = os.environ.get(
     "OCSPD_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -700,6 +701,13 @@ def start_openssl(procs: Processes, pki: Pki, work: Path, workers: int) -> Serve
     return Server("openssl ocsp", port, process, log)
 
 
+def stop_openssl(procs: Processes, server: Server) -> None:
+    """Once its children have served, `openssl ocsp -multi` does not exit on SIGTERM (it
+    waits for them); each run's server is thrown away, so its group is killed at once."""
+    if server.process is not None:
+        procs.stop(server.process, grace=0.0)
+
+
 # --- ocspd's own counters ----------------------------------------------------------------
 
 SIGNING = "ocspd_signing_duration_seconds"  # a histogram: _sum and _count
@@ -809,8 +817,8 @@ class Bench:
                 scenario, server.name, result, round_number, reply.raw_size, server_cpu, db_cpu
             )
             if ours:
-                # ocspd adds its counts to /metrics once a second (ocspd/metrics.py).
-                time.sleep(1.1)
+                # ocspd adds its counts to /metrics every PUBLISH_INTERVAL (ocspd/metrics.py).
+                time.sleep(PUBLISH_INTERVAL + 0.1)
                 self._ocspd_counters(run, before, metrics(server))
             self._check(run)
             print(
@@ -825,8 +833,8 @@ class Bench:
             self.runs.append(run)
             return run
         finally:
-            if target == "openssl" and server.process is not None:
-                self.procs.stop(server.process, grace=2.0)
+            if target == "openssl":
+                stop_openssl(self.procs, server)
 
     def run_side_by_side(self, scenario: Scenario, round_number: int) -> list[Run]:
         """The audit cost measured at one moment: ocspd with and without the request audit,

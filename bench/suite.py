@@ -41,7 +41,7 @@ and bench/suite-quick-*.png, leaving the full run's.
 Needs: wrk, openssl, nginx (apt-get install, done here when missing and running as root),
 softhsm2 (optional), PostgreSQL (OCSPD_TEST_DATABASE_URL or
 postgresql://postgres@127.0.0.1:5432/postgres, a superuser: the bulk load turns row triggers
-off for its session), and the `bench` extra (matplotlib, django-ca, gunicorn).
+off for its session), and the `bench` extra (matplotlib, django-ca, gunicorn, py-spy).
 """
 
 from __future__ import annotations

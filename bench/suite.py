@@ -1533,7 +1533,7 @@ def report(
         )
 
     c = target_connections(plan)
-    rounds = range(1, plan.target_rounds + 1)
+    target_rounds = range(1, plan.target_rounds + 1)
     of_rounds = f", median of {plan.target_rounds} rounds" if plan.target_rounds > 1 else ""
 
     def judged(
@@ -1551,10 +1551,13 @@ def report(
 
     for key in ("get", "post"):
         title = "cached GET" if key == "get" else "cached POST"
-        ours = [suite.find(key, "ocspd", c, r) for r in rounds]
+        ours = [suite.find(key, "ocspd", c, r) for r in target_rounds]
         for peer, target in (("openssl", "cached_vs_openssl"), ("ceiling", "cached_vs_ceiling")):
             value, shown = judged(
-                [ratio(o, suite.find(key, peer, c, r)) for r, o in zip(rounds, ours, strict=True)],
+                [
+                    ratio(o, suite.find(key, peer, c, r))
+                    for r, o in zip(target_rounds, ours, strict=True)
+                ],
                 fmt_ratio,
             )
             verdict(
@@ -1656,7 +1659,7 @@ def report(
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for key, title in (("get", "cached GET"), ("post", "cached POST")):
-            for r in rounds:
+            for r in target_rounds:
                 ours_r, theirs = suite.find(key, "ocspd", c, r), suite.find(key, "openssl", c, r)
                 ceiling = suite.find(key, "ceiling", c, r)
                 p99 = f"{ours_r.result.p99_ms:.2f}" if ours_r is not None else "-"

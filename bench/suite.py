@@ -23,8 +23,8 @@ What one run does, in this order (every figure below comes from the same run):
      audit off only in 3a.
      The cached targets (GET and POST at 64 connections: ocspd, openssl, the ceiling) run
      twice more after the sweep, and are judged on the median of the 3 rounds.
-  3a. Audit cost: ocspd with and without the request audit, loaded at the same moment by two
-     wrk processes (half the connections each), 3 rounds each of the cached POST and the mix.
+  3a. Audit cost: ocspd with and without the request audit, loaded in turns (2 s slices,
+     on-off-off-on ...; 10 s each a round), 3 rounds each of the cached POST and the mix.
   4. Memory: RSS of each ocspd worker (VmRSS) sampled every 10 s over 10 minutes of mixed load.
   5. Revocation propagation: 1 000 `ocspd revoke` under load; from each command's return to
      the first response that shows the certificate revoked.
@@ -160,9 +160,9 @@ class Plan:
     soak_interval: float
     crl_sizes: tuple[int, ...]
     profile_seconds: float
-    audit_rounds: int  # side-by-side runs of ocspd with and without the request audit
+    audit_rounds: int  # interleaved rounds of ocspd with and without the request audit
     # ocspd without the request audit in the scenario runs too, one run after the other: the
-    # audit part judges the cost side by side, these runs show it as the peers are shown.
+    # audit part judges the cost on interleaved rounds, these runs show it as the peers are.
     audit_off_runs: bool
     # Runs of the cached targets (ocspd, openssl, ceiling; GET and POST at 64 connections),
     # the sweep's included: the targets are judged on the median of the rounds.
@@ -876,13 +876,16 @@ class Suite:
         return None
 
 
-# --- audit cost, side by side --------------------------------------------------------------
+# --- audit cost, interleaved ---------------------------------------------------------------
+
+# Slices of one audit round: each server is loaded AUDIT_SLICE_SECONDS at a time, in turns.
+AUDIT_SLICE_SECONDS = 2
 
 
 @dataclass(frozen=True)
 class AuditPair:
-    """One round of the audit cost: ocspd with the request audit and without it, each loaded
-    by its own wrk with half the connections, at the same moment."""
+    """One round of the audit cost: ocspd with the request audit and without it, loaded in
+    turns (audit_interleaved), each measurement the sum of its slices."""
 
     case: str
     round: int
@@ -894,45 +897,93 @@ class AuditPair:
         return ratio(self.on, self.off)
 
 
-def audit_side_by_side(suite: Suite, case: Case, connections: int) -> list[AuditPair]:
-    """What recording every request costs (issue 5: at most 10 %). Two runs taken one after
-    the other meet different machines: on this shared host a neighbour's burst during one of
-    them moves their ratio by 10 to 20 %. Loaded together, both servers get the same share of
-    the cores and the same noise, so their throughput ratio is their cost ratio. The CPU
-    column counts the servers' own processes only: both use the same database, whose
-    backends cannot be told apart here."""
+def merge_results(results: Sequence[ob.WrkResult]) -> ob.WrkResult:
+    """One WrkResult for the slices of a round: counts and times add up; the percentiles
+    cannot be merged from wrk's summaries, so they are the slices' medians (max: the
+    largest)."""
+
+    requests = sum(r.requests for r in results)
+    return ob.WrkResult(
+        requests=requests,
+        duration_s=sum(r.duration_s for r in results),
+        bytes=sum(r.bytes for r in results),
+        mean_ms=sum(r.mean_ms * r.requests for r in results) / requests if requests else 0.0,
+        p50_ms=statistics.median([r.p50_ms for r in results]),
+        p90_ms=statistics.median([r.p90_ms for r in results]),
+        p99_ms=statistics.median([r.p99_ms for r in results]),
+        p999_ms=statistics.median([r.p999_ms for r in results]),
+        max_ms=max(r.max_ms for r in results),
+        connect=sum(r.connect for r in results),
+        read=sum(r.read for r in results),
+        write=sum(r.write for r in results),
+        status=sum(r.status for r in results),
+        timeout=sum(r.timeout for r in results),
+        client_cpu_s=sum(r.client_cpu_s for r in results),
+    )
+
+
+def audit_slices(plan: Plan) -> tuple[float, int]:
+    """Seconds per slice and slices per server in one audit round: plan.seconds in all, in
+    at least two slices (quick mode: two of 1 s)."""
+    seconds = min(AUDIT_SLICE_SECONDS, plan.seconds / 2)
+    return seconds, round(plan.seconds / seconds)
+
+
+def audit_interleaved(suite: Suite, case: Case, connections: int) -> list[AuditPair]:
+    """What recording every request costs (issue 5: at most 10 %), as a throughput ratio.
+
+    Each round loads ocspd with the audit and ocspd without it in turns: slices of
+    AUDIT_SLICE_SECONDS each, ordered on, off, off, on, on, ... so a drift in the machine's
+    speed falls on both alike, with the sweep's wrk (2 threads, `connections`). On this
+    shared host, a neighbour's burst moves one 10 s run by 10 to 20 %; spread over slices it
+    weighs on both servers. Loading both at the same moment (the method before) was worse
+    here: two identical servers side by side differed by up to 24 %, as the scheduler split
+    two cores between six busy processes unevenly. Each slice also counts the database
+    backends' CPU, and charges it to the server loaded then: the audit's COPYs go there."""
     systems = ("ocspd", "ocspd-noaudit")
     servers = [suite.servers[system] for system in systems]
     sizes = []
     for system, server in zip(systems, servers, strict=True):
         sizes.append(suite.probe(case, system, server))
         suite.warm(case, system, server)
-    half = max(1, connections // 2)
+    plan = suite.plan
+    seconds, slices = audit_slices(plan)
+    threads = min(2, connections)
     pairs = []
-    for round_number in range(1, suite.plan.audit_rounds + 1):
+    for round_number in range(1, plan.audit_rounds + 1):
         before = [ob.metrics(server) for server in servers]
-        pids = [ob.group_pids(server.process.pid) for server in servers if server.process]
-        cpu_before = [ob.cpu_seconds(p) for p in pids]
-        with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
-            futures = [
-                pool.submit(
-                    ob.run_wrk, server.url, case, suite.plan.seconds, half, 1,
-                    suite.work / f"wrk-{i}.log",
+        results: list[list[ob.WrkResult]] = [[], []]
+        cpu = [0.0, 0.0]
+        db_cpu = [0.0, 0.0]
+        for n in range(slices):
+            for i in (0, 1) if n % 2 == 0 else (1, 0):
+                server = servers[i]
+                assert server.process is not None
+                pids = ob.group_pids(server.process.pid)
+                backends = ob.postgres_backends(suite.db_name)
+                cpu_before = ob.cpu_seconds(pids)
+                db_before = {pid: ob.cpu_seconds([pid]) for pid in backends}
+                results[i].append(
+                    ob.run_wrk(server.url, case, seconds, connections, threads, suite.log)
                 )
-                for i, server in enumerate(servers)
-            ]  # fmt: skip
-            results = [f.result() for f in futures]
-        cpu = [ob.cpu_seconds(p) - c for p, c in zip(pids, cpu_before, strict=True)]
+                cpu[i] += ob.cpu_seconds(pids) - cpu_before
+                db_cpu[i] += sum(
+                    ob.cpu_seconds([p]) - db_before.get(p, 0.0)
+                    for p in ob.postgres_backends(suite.db_name)
+                )
         on, off = (
-            Measurement(f"{case.key}, side by side", system, connections, result, used, 0.0)
-            for system, result, used in zip(systems, results, cpu, strict=True)
-        )
+            Measurement(
+                f"{case.key}, interleaved", system, connections, merge_results(results[i]),
+                cpu[i], db_cpu[i], round=round_number,
+            )
+            for i, system in enumerate(systems)
+        )  # fmt: skip
         for m, server, counts, size in zip((on, off), servers, before, sizes, strict=True):
             counters(m, counts, published(server, counts, m.result.requests))
             suite._check(m, case, size)
         pair = AuditPair(case.key, round_number, on, off)
         print(
-            f"  audit side by side {case.title:<22} round {round_number}: on "
+            f"  audit interleaved {case.title:<22} round {round_number}: on "
             f"{on.result.rps:8.0f} req/s, off {off.result.rps:8.0f} req/s, "
             f"{fmt_ratio(pair.ratio)}  {'; '.join(on.problems + off.problems)}",
             flush=True,
@@ -1578,15 +1629,15 @@ def report(
         sequential = ratio(suite.find(key, "ocspd", c), suite.find(key, "ocspd-noaudit", c))
         pairs = [p for p in audit if p.case == key]
         if pairs:
-            # Judged side by side (audit_side_by_side says why); the sequential runs' ratio
-            # is shown beside it.
+            # Judged on interleaved rounds (audit_interleaved says why); the sweep's ratio,
+            # one run after the other, is shown beside it.
             value = median_ratio(pairs)
             rounds = ", ".join(fmt_ratio(p.ratio) for p in pairs)
             measured = f"{fmt_ratio(value)} (rounds {rounds}"
             if sequential is not None:
                 measured += f"; one run after the other: {fmt_ratio(sequential)}"
             measured += ")"
-            name = f"audit on / audit off, {title}, c={c} side by side, median of {len(pairs)}"
+            name = f"audit on / audit off, {title}, c={c} interleaved, median of {len(pairs)}"
         else:
             value, measured = sequential, fmt_ratio(sequential)
             name = f"audit on / audit off, {title}, c={c}, one run after the other"
@@ -1735,15 +1786,17 @@ def report(
         lines.append("")
 
     if audit:
+        seconds, slices = audit_slices(plan)
         lines += [
-            "### Audit cost, side by side",
+            "### Audit cost, interleaved",
             "",
             f"ocspd with the request audit (`[audit] requests = on`, the default) and a second "
-            f"ocspd with it off, each loaded by its own wrk (-t1, {c // 2} connections, "
-            f"{plan.seconds:g} s) at the same moment, {plan.audit_rounds} rounds per scenario. "
-            "Both get the same share of the cores and the same noise, which two runs taken one "
-            "after the other do not. CPU: the servers' own processes (they share the database, "
-            "whose backends cannot be told apart).",
+            f"ocspd with it off, loaded in turns by the sweep's wrk (-t2, {c} connections): "
+            f"{slices} slices of {seconds:g} s each per server and round, in the order on, off, "
+            f"off, on, on, ..., so the machine's drift falls on both alike; "
+            f"{plan.audit_rounds} rounds per scenario. Each round's req/s is its slices' "
+            "total; p99 is the median of its slices' p99. CPU: the server's own processes "
+            "and the database backends during its slices (the audit's COPYs run there).",
             "",
             "| scenario | round | audit on req/s | audit off req/s | on / off | p99 on ms "
             "| p99 off ms | CPU µs/resp on | CPU µs/resp off | checks |",
@@ -2283,7 +2336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: [
                     pair
                     for key in ("post", "mix")
-                    for pair in audit_side_by_side(suite, by_key[key], target_connections(plan))
+                    for pair in audit_interleaved(suite, by_key[key], target_connections(plan))
                 ],
                 [],
             )

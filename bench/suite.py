@@ -1272,8 +1272,12 @@ def propagation(suite: Suite, cases: dict[str, Case], targets: list[int]) -> Pro
     for der in requests:
         for _ in range(3):
             p = Probe("good", "POST", "/", der, 0, None)
-            reply = send(server.port, p)
-            status = ocsp.load_der_ocsp_response(reply.body).certificate_status
+            response = ocsp.load_der_ocsp_response(send(server.port, p).body)
+            if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+                raise CheckFailed(
+                    f"a propagation target got {response.response_status.name} before revocation"
+                )
+            status = response.certificate_status
             if status is not ocsp.OCSPCertStatus.GOOD:
                 raise CheckFailed(f"a propagation target answered {status.name} before revocation")
     serials_file = suite.work / "revoke-serials.txt"

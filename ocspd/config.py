@@ -75,7 +75,7 @@ _KNOWN: Mapping[str, frozenset[str]] = {
         }
     ),
     "audit": frozenset(
-        {"mac_key", "requests", "on_failure", "spool_dir", "max_pending", "flush_interval"}
+        {"mac_key", "requests", "on_failure", "spool_dir", "max_pending", "flush_interval", "hold"}
     ),
 }
 
@@ -240,6 +240,11 @@ class AuditConfig:
     max_pending: int = 200_000
     # How often each worker writes its records (one segment row per flush).
     flush_interval: dt.timedelta = dt.timedelta(milliseconds=200)
+    # tryLater policy, backlog full: how long a request waits for the writer to make room
+    # before it gets tryLater (0: at once). Waiting slows clients to the rate storage takes;
+    # refusing at once let cheap tryLater answers, each on record too (RS3.1), arrive faster
+    # than records were stored, and the backlog never drained under load.
+    hold: dt.timedelta = dt.timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -328,6 +333,9 @@ def _audit(values: dict[str, Any], source: str) -> AuditConfig:
     spool_dir = values.get("spool_dir", d.spool_dir)
     if not isinstance(spool_dir, str) or not spool_dir:
         raise ConfigError(f"{source}: audit.spool_dir must be a directory path")
+    hold = _duration(values, "audit", "hold", d.hold, source)
+    if not dt.timedelta(0) <= hold <= dt.timedelta(seconds=10):
+        raise ConfigError(f"{source}: audit.hold must be between 0 and 10 s, got {hold}")
     return AuditConfig(
         mac_key=mac_key,
         requests=requests,
@@ -337,6 +345,7 @@ def _audit(values: dict[str, Any], source: str) -> AuditConfig:
         spool_dir=spool_dir,
         max_pending=_int(values, "max_pending", d.max_pending, 100, source, section="audit"),
         flush_interval=interval,
+        hold=hold,
     )
 
 

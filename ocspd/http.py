@@ -96,6 +96,7 @@ class OcspHandler:
         # One audit record per OCSP request (RS3.1); None when [audit] requests = off.
         self._audit = audit
         self._audit_refused = metrics.tally(metrics.audit_refused)
+        self._hold = audit.hold if audit is not None else 0.0
         # Encoded once: the record fields that repeat (addresses of a connection, method and
         # outcome).
         self._address_fields: dict[tuple[str | None, str | None], bytes] = {}
@@ -155,12 +156,16 @@ class OcspHandler:
         method = request.method if request.method in _METHODS else "other"
         return self._done(request, method, outcome, time.perf_counter(), reply)
 
-    def _ocsp(self, request: HttpRequest, path: str) -> Answer:
-        started = time.perf_counter()
+    def _ocsp(self, request: HttpRequest, path: str, held_since: float | None = None) -> Answer:
+        started = time.perf_counter() if held_since is None else held_since
         method = request.method
         if self._audit is not None and self._audit.refusing:
             # Audit storage is behind and the policy is tryLater: answer nothing that could
-            # not be put on record (AA1.1 e).
+            # not be put on record (AA1.1 e). First wait a little for room (`[audit] hold`):
+            # a tryLater is on record too (RS3.1), and refusing at once let those cheap
+            # answers outrun the writer, so under load the backlog never drained.
+            if held_since is None and self._hold > 0:
+                return self._held(request, path, started)
             self._audit_refused.inc()
             return self._done(
                 request, "other", "tryLater", started, _ERRORS[ResponseStatus.tryLater, 200]
@@ -199,6 +204,12 @@ class OcspHandler:
                 return self._served(request, method, answer, started)
             return self._answer(request, method, body, started)
         return self._done(request, "other", "rejected", started, _NOT_OCSP)
+
+    async def _held(self, request: HttpRequest, path: str, started: float) -> HttpReply:
+        assert self._audit is not None
+        await self._audit.room(self._hold)
+        answer = self._ocsp(request, path, held_since=started)
+        return answer if isinstance(answer, HttpReply) else await answer
 
     async def _answer(
         self,

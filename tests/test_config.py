@@ -21,6 +21,17 @@ def test_example_config_loads() -> None:
     assert config.database.url.startswith("postgresql://")
 
 
+def test_audit_hold(tmp_path: Path) -> None:
+    """[audit] hold: 1 s unless set; "0s" refuses at once (AA1.1 e, tryLater policy)."""
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    assert load_config(path, environ={}).audit.hold == dt.timedelta(seconds=1)
+    path.write_text('[audit]\nhold = "0s"\n')
+    assert load_config(path, environ={}).audit.hold == dt.timedelta(0)
+    path.write_text('[audit]\nhold = "250ms"\n')
+    assert load_config(path, environ={}).audit.hold == dt.timedelta(milliseconds=250)
+
+
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
@@ -71,6 +82,8 @@ def test_durations(text: str | int, expected: float) -> None:
         ('[crl]\ninterval = "5d"\nnext_update = "4d"', "or a CRL expires before the next one"),
         ('[crl]\nrevocation_delay = "25h"', "at most 24 hours are allowed (eIDAS art. 24.3)"),
         ('[crl]\nrevocation_delay = "10s"\npoll_interval = "30s"', "can miss its deadline"),
+        ('[audit]\nhold = "11s"', "audit.hold must be between 0 and 10 s"),
+        ('[audit]\nhold = "-1s"', "not a duration"),
     ],
 )
 def test_bad_settings_name_field_and_bound(tmp_path: Path, toml: str, message: str) -> None:

@@ -287,7 +287,11 @@ def test_audit_storage_down(ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path, p
     cert = _leaf(ocspd, pki, f"down-{policy}")
     request = _request(pki, cert)
     spool = tmp_path / "spool"
-    config = f'[audit]\non_failure = "{policy}"\nmax_pending = 100\nflush_interval = "50ms"\n'
+    # hold = 0: refused at once (test_held_requests_wait_for_room covers the wait).
+    config = (
+        f'[audit]\non_failure = "{policy}"\nmax_pending = 100\nflush_interval = "50ms"\n'
+        'hold = "0s"\n'
+    )
     responder = start_responder(
         ocspd.url,
         tmp_path,
@@ -331,6 +335,53 @@ def test_audit_storage_down(ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path, p
         responder.stop()
     records = _requests_on_record(ocspd)
     assert len([r for r in records if r["outcome"] == "successful"]) == answered
+    assert ocspd("audit", "verify").code == 0
+
+
+def test_held_requests_wait_for_room(ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path) -> None:
+    """AA1.1 e, tryLater policy: with the backlog full, a request waits up to `hold` for the
+    writer to make room. Storage still down at the end of the wait: tryLater, after the
+    wait (not at once: a cheap refusal is a record too, and refusals that outran the writer
+    kept the backlog full under load). Storage back during the wait: the held request is
+    answered as usual, and it is on record."""
+    cert = _leaf(ocspd, pki, "held")
+    request = _request(pki, cert)
+    config = '[audit]\nmax_pending = 100\nflush_interval = "50ms"\nhold = "2s"\n'
+    responder = start_responder(ocspd.url, tmp_path, workers=1, config=config)
+    try:
+        _storage_down(ocspd)
+        deadline = time.monotonic() + 20
+        while True:  # answered at once until the backlog fills, then held and refused
+            assert time.monotonic() < deadline, "the backlog never filled"
+            started = time.monotonic()
+            status = ocsp.load_der_ocsp_response(http_post(responder.url, request)[2])
+            waited = time.monotonic() - started
+            if status.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+                break
+        assert status.response_status == ocsp.OCSPResponseStatus.TRY_LATER
+        assert waited >= 1.9, f"refused after {waited:.2f} s, not after the 2 s hold"
+        assert http_get(responder.url + "readyz")[0] == 503
+
+        async def held_then_room() -> tuple[ocsp.OCSPResponse, float]:
+            started = time.monotonic()
+            answer = asyncio.create_task(asyncio.to_thread(http_post, responder.url, request))
+            await asyncio.sleep(0.3)
+            assert not answer.done(), "answered while the backlog was full"
+            await asyncio.to_thread(_storage_up, ocspd)
+            reply = await answer
+            return ocsp.load_der_ocsp_response(reply[2]), time.monotonic() - started
+
+        status, waited = asyncio.run(held_then_room())
+        assert status.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert waited < 1.9, f"answered after {waited:.2f} s: not when room was made"
+        _wait_for(lambda: http_get(responder.url + "readyz")[0] == 200)
+        metrics = responder.metrics(wait_for=r"ocspd_audit_refused_requests_total \d")
+        assert "ocspd_audit_refused_requests_total 1.0" in metrics
+    finally:
+        _storage_up(ocspd)
+        responder.stop()
+    records = _requests_on_record(ocspd)
+    assert [r["outcome"] for r in records].count("tryLater") == 1
     assert ocspd("audit", "verify").code == 0
 
 

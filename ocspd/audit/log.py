@@ -79,6 +79,8 @@ class RequestAudit:
         self._refuse_at = (
             config.max_pending if config.on_failure is AuditFailure.TRY_LATER else sys.maxsize
         )
+        # Seconds the handler holds a request for room before tryLater (see room).
+        self.hold = config.hold.total_seconds()
         self._pool = pool
         self._config = config
         self._spool = Path(config.spool_dir)
@@ -90,6 +92,9 @@ class RequestAudit:
         self.spooled_records = 0
         # tryLater policy: true while the backlog in memory is full (see _check_backlog).
         self.refusing = False
+        # Set while there is room: requests held by the handler wait on it (see room).
+        self._room = asyncio.Event()
+        self._room.set()
         self._failing_since: float | None = None
         self._storing: asyncio.Task[None] | None = None
         # The stream's first segment while open() has not succeeded (see open).
@@ -121,6 +126,21 @@ class RequestAudit:
         # Checked at every flush and store, not per request: the backlog can overshoot
         # max_pending by one flush interval's requests, and the hot path reads a bool.
         self.refusing = len(self._pending) + self._unsent_records >= self._refuse_at
+        if self.refusing:
+            self._room.clear()
+        else:
+            self._room.set()
+
+    async def room(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the backlog to drop below max_pending; False if
+        it did not. The handler holds requests here rather than refuse them at once."""
+        if not self.refusing:
+            return True
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # --- the stream ------------------------------------------------------------------------
 

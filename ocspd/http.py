@@ -161,9 +161,8 @@ class OcspHandler:
         method = request.method
         if self._audit is not None and self._audit.refusing:
             # Audit storage is behind and the policy is tryLater: answer nothing that could
-            # not be put on record (AA1.1 e). First wait a little for room (`[audit] hold`):
-            # a tryLater is on record too (RS3.1), and refusing at once let those cheap
-            # answers outrun the writer, so under load the backlog never drained.
+            # not be put on record (AA1.1 e). First wait up to `[audit] hold` for room (why:
+            # AuditConfig.hold).
             if held_since is None and self._hold > 0:
                 return self._held(request, path, started)
             self._audit_refused.inc()
@@ -207,7 +206,7 @@ class OcspHandler:
 
     async def _held(self, request: HttpRequest, path: str, started: float) -> HttpReply:
         assert self._audit is not None
-        await self._audit.room(self._hold)
+        await self._audit.wait_for_room(self._hold)
         answer = self._ocsp(request, path, held_since=started)
         return answer if isinstance(answer, HttpReply) else await answer
 

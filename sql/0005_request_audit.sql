@@ -20,9 +20,10 @@ CREATE TABLE ocsp_audit_segments (
     CHECK (last_seq >= first_seq),
     CHECK (last_at >= first_at)
 );
--- Records repeat (the same CertIDs, responses, clients): lz4 shrinks a segment about
--- fivefold at a fraction of what compressing in the responder would cost. PostgreSQL
--- builds without lz4 keep the default (pglz).
+-- lz4: a segment stored about a quarter smaller (each record's MAC, 32 of its 53 octets,
+-- does not compress) for about 4 ms of the server's time per 14 000 records; pglz spends
+-- 17 ms on the same segment and then stores it as it is. PostgreSQL builds without lz4
+-- keep the default (pglz).
 DO $$
 BEGIN
     ALTER TABLE ocsp_audit_segments ALTER COLUMN records SET COMPRESSION lz4;

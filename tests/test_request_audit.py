@@ -462,3 +462,51 @@ def test_sealer_cuts_segments_that_chain_across() -> None:
     assert sealer.count == 0
     verifier = _verify(segments)
     assert verifier.problem is None and verifier.count == 7
+
+
+async def test_a_backlog_goes_in_copy_after_copy_without_waiting_for_the_next_flush(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog larger than one COPY is stored by one store pass, COPY after COPY, not one
+    COPY per flush_interval (which let a busy responder's backlog grow)."""
+    import logging
+
+    from ocspd.audit import log as audit_log
+    from ocspd.config import AuditConfig
+    from ocspd.store import request_audit
+
+    monkeypatch.setattr(audit_log, "COPY_BYTES", 2_000)  # a few segments per COPY
+    copies: list[int] = []
+    insert_many = request_audit.insert_many
+
+    async def counting(pool: asyncpg.Pool, segments: list, timeout: float = 30) -> None:  # type: ignore[type-arg]
+        copies.append(len(segments))
+        await insert_many(pool, segments, timeout)
+
+    monkeypatch.setattr(request_audit, "insert_many", counting)
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    try:
+        audit = audit_log.RequestAudit(
+            "ocsp/test/1.0/1",
+            Key(),
+            pool,
+            AuditConfig(),
+            logging.getLogger("test"),  # type: ignore[arg-type]
+        )
+        await audit.open({})
+        answer = audit_log.answer_fields(bytes(32), b"\x01" * 20, (b"\x30\x03cid",), ("good",))
+        for n in range(40):  # 40 flushes' worth, each its own segment
+            for _ in range(25):
+                audit.record(n % 2 == 0, b"\x00\x00" * 2, b"\x00\x00" * 2, answer)
+            await audit._seal_all()
+        assert audit.pending == 1000
+        await audit._store_unsent()
+        assert audit.pending == 0
+        assert len(copies) > 3  # several COPYs in the one pass
+        stored = await pool.fetchval(
+            "SELECT sum(last_seq - first_seq + 1) FROM ocsp_audit_segments WHERE stream = $1",
+            audit.stream,
+        )
+        assert stored == 1000 + 1  # and the stream-open record stored by open()
+    finally:
+        await pool.close()

@@ -24,6 +24,7 @@ from ocspd.audit.chain import GENESIS
 from ocspd.audit.requests import (
     RequestRecord,
     SegmentVerifier,
+    answer_fields,
     decode,
     encode,
     make_segment,
@@ -488,13 +489,13 @@ async def test_a_backlog_goes_in_copy_after_copy_without_waiting_for_the_next_fl
     try:
         audit = audit_log.RequestAudit(
             "ocsp/test/1.0/1",
-            Key(),
+            Key(),  # type: ignore[arg-type]  # mac and key_id are all it uses
             pool,
             AuditConfig(),
-            logging.getLogger("test"),  # type: ignore[arg-type]
+            logging.getLogger("test"),
         )
         await audit.open({})
-        answer = audit_log.answer_fields(bytes(32), b"\x01" * 20, (b"\x30\x03cid",), ("good",))
+        answer = answer_fields(bytes(32), b"\x01" * 20, (b"\x30\x03cid",), ("good",))
         for n in range(40):  # 40 flushes' worth, each its own segment
             for _ in range(25):
                 audit.record(n % 2 == 0, b"\x00\x00" * 2, b"\x00\x00" * 2, answer)

@@ -253,6 +253,7 @@ class Startup:
             await self._open_audit(audit, self._audit_key)
         # Nothing below needs the database: this attempt succeeds.
         issuers = self._issuers(found)
+        max_age = self._config.responder.max_status_age.total_seconds()
         live = self._live = LiveSource(
             StatusStore(self._pool),
             issuers,
@@ -260,9 +261,9 @@ class Startup:
             self._clock,
             self._metrics,
             self._log,
-            # Remembered status is current while the feed polled within the 1-second budget,
+            # Remembered status is current while the feed's view is within max_status_age,
             # or once it has caught up.
-            status_current=lambda: feed.healthy(within=1.0),
+            status_current=lambda: feed.healthy(within=max_age),
             catch_up=lambda: feed.catch_up(timeout=1.0),
         )
         cache = self._cache = CacheSource(
@@ -273,9 +274,9 @@ class Startup:
             self._config.responder.cache_entries,
             self._config.responder.nonce,
             self._metrics,
-            # A cached answer is served as current only while the feed is (1-second budget);
+            # A cached answer is served as current only while the feed is (max_status_age);
             # otherwise requests wait up to a second for the feed to catch up.
-            status_current=lambda: feed.healthy(within=1.0),
+            status_current=lambda: feed.healthy(within=max_age),
             catch_up=lambda: feed.catch_up(timeout=1.0),
         )
         handler = OcspHandler(

@@ -57,6 +57,7 @@ _KNOWN: Mapping[str, frozenset[str]] = {
             "max_signing_waiters",
             "cache_entries",
             "feed_interval",
+            "max_status_age",
             "drain_seconds",
             "request_timeout",
             "keepalive_timeout",
@@ -186,6 +187,12 @@ class ResponderConfig:
     # How often each worker polls the change feed; bounds how long a revocation takes to
     # reach clients (1 s budget).
     feed_interval: dt.timedelta = dt.timedelta(milliseconds=200)
+    # How old the change feed's view may be when a cached answer or a remembered status is
+    # served; past it, requests wait for the feed to catch up. A revocation committed at T
+    # is answered as revoked from T + max_status_age on: half the 1 s budget leaves the
+    # other half to a poll that runs late on a busy database. Shorter than feed_interval,
+    # requests ask for most polls themselves.
+    max_status_age: dt.timedelta = dt.timedelta(milliseconds=500)
     # After SIGTERM: /readyz says 503 for this long before the listener closes, so load
     # balancers stop sending first.
     drain_seconds: float = 2.0
@@ -475,6 +482,13 @@ def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
         raise ConfigError(
             f"{source}: responder.keepalive_timeout must be between 1 s and 1 h, got {keepalive_timeout.total_seconds():g} s"
         )
+    feed_interval = duration("feed_interval", d.feed_interval)
+    max_status_age = duration("max_status_age", d.max_status_age)
+    if not dt.timedelta(0) < max_status_age <= dt.timedelta(seconds=10):
+        raise ConfigError(
+            f"{source}: responder.max_status_age must be more than 0 and at most 10 s, got "
+            f"{max_status_age.total_seconds():g} s"
+        )
     level = str(values.get("log_level", d.log_level)).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"{source}: responder.log_level must be debug, info, warning or error")
@@ -498,7 +512,8 @@ def _responder(values: dict[str, Any], source: str) -> ResponderConfig:
         max_signing=_int(values, "max_signing", d.max_signing, 1, source),
         max_signing_waiters=_int(values, "max_signing_waiters", d.max_signing_waiters, 0, source),
         cache_entries=_int(values, "cache_entries", d.cache_entries, 0, source),
-        feed_interval=duration("feed_interval", d.feed_interval),
+        feed_interval=feed_interval,
+        max_status_age=max_status_age,
         drain_seconds=float(values.get("drain_seconds", d.drain_seconds)),
         request_timeout=request_timeout,
         keepalive_timeout=keepalive_timeout,

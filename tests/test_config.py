@@ -32,6 +32,15 @@ def test_audit_hold(tmp_path: Path) -> None:
     assert load_config(path, environ={}).audit.hold == dt.timedelta(milliseconds=250)
 
 
+def test_max_status_age(tmp_path: Path) -> None:
+    """[responder] max_status_age: 500 ms unless set, half the 1 s revocation budget."""
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    assert load_config(path, environ={}).responder.max_status_age == dt.timedelta(milliseconds=500)
+    path.write_text('[responder]\nmax_status_age = "3s"\n')
+    assert load_config(path, environ={}).responder.max_status_age == dt.timedelta(seconds=3)
+
+
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(
@@ -82,6 +91,14 @@ def test_durations(text: str | int, expected: float) -> None:
         ('[crl]\ninterval = "5d"\nnext_update = "4d"', "or a CRL expires before the next one"),
         ('[crl]\nrevocation_delay = "25h"', "at most 24 hours are allowed (eIDAS art. 24.3)"),
         ('[crl]\nrevocation_delay = "10s"\npoll_interval = "30s"', "can miss its deadline"),
+        (
+            '[responder]\nmax_status_age = "11s"',
+            "max_status_age must be more than 0 and at most 10 s",
+        ),
+        (
+            '[responder]\nmax_status_age = "0s"',
+            "max_status_age must be more than 0 and at most 10 s",
+        ),
         ('[audit]\nhold = "11s"', "audit.hold must be between 0 and 10 s"),
         ('[audit]\nhold = "-1s"', "not a duration"),
     ],

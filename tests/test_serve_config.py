@@ -291,3 +291,36 @@ def test_responder_with_a_login_of_its_own(
     finally:
         run_sql(pg_admin_url, f"DROP OWNED BY {login}")
         run_sql(pg_admin_url, f"DROP ROLE IF EXISTS {login}")
+
+
+@pytest.mark.parametrize(("max_age", "behind"), [("2500ms", False), ("400ms", True)])
+def test_max_status_age_decides_when_a_cached_answer_waits_for_the_feed(
+    ocspd: Cli, pki: Pki, issuer: str, tmp_path: Path, max_age: str, behind: bool
+) -> None:
+    """[responder] max_status_age: with the feed polling every 2 s, a budget of 2.5 s serves
+    the cached answer as it is; one of 400 ms makes requests wait for the feed to catch up
+    whenever its view is older (ocspd_cache_lookups_total{result="feed_behind"})."""
+    import re
+
+    request = _request(pki, _leaf(ocspd, pki, "status-age"))
+    responder = start_responder(
+        ocspd.url,
+        tmp_path,
+        workers=1,
+        config=f'[responder]\nfeed_interval = "2s"\nmax_status_age = "{max_age}"\n',
+    )
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            status, _, body = http_post(responder.url, request)
+            assert status == 200
+            assert ocsp.load_der_ocsp_response(body).certificate_status is ocsp.OCSPCertStatus.GOOD
+            time.sleep(0.05)
+        text = responder.metrics(wait_for=r'ocspd_cache_lookups_total\{result="hit"\} [1-9]')
+        time.sleep(0.5)  # the last quarter second's counts
+        text = responder.metrics()
+    finally:
+        responder.stop()
+    found = re.search(r'ocspd_cache_lookups_total\{result="feed_behind"\} (\S+)', text)
+    assert found is not None
+    assert (float(found[1]) > 0) is behind

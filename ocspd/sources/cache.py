@@ -39,7 +39,7 @@ class CacheSource:
         catch_up: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._inner = inner
-        # True while the change feed's view is within the 1-second budget. Only then is a
+        # True while the change feed's view is within max_status_age. Only then is a
         # cached answer known to show the current status. Otherwise the request waits for
         # the feed to `catch_up` (one poll answers for every waiting request); if it cannot,
         # the database is asked, and the cached answer serves only if the database cannot

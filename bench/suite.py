@@ -1012,6 +1012,10 @@ def audit_interleaved(
     return pairs
 
 
+def case_title(cases: Sequence[Case], key: str) -> str:
+    return next((c.title for c in cases if c.key == key), key)
+
+
 def median_ratio(pairs: Sequence[AuditPair]) -> float | None:
     values = [
         p.ratio for p in pairs if p.ratio is not None and not (p.on.problems or p.off.problems)
@@ -1663,7 +1667,7 @@ def report(
                 value <= TARGETS["cached_p99_ms"],
             )  # fmt: skip
     for key in ("post", "mix"):
-        title = next((x.title for x in cases if x.key == key), key)
+        title = case_title(cases, key)
         sequential = ratio(suite.find(key, "ocspd", c), suite.find(key, "ocspd-noaudit", c))
         pairs = [p for p in audit if p.case == key and not p.sustained]
         if pairs:
@@ -1684,7 +1688,7 @@ def report(
             None if value is None else value >= TARGETS["audit_ratio"],
         )  # fmt: skip
     for pair in (p for p in audit if p.sustained):
-        title = next((x.title for x in cases if x.key == pair.case), pair.case)
+        title = case_title(cases, pair.case)
         verdict(
             f"audit on / audit off, {title}, c={c} sustained ({pair.slice_seconds:g} s slices, "
             "the backlog of records at its steady level)",
@@ -1861,7 +1865,7 @@ def report(
         ]
         for pair in audit:
             on, off = pair.on, pair.off
-            title = next((x.title for x in cases if x.key == pair.case), pair.case)
+            title = case_title(cases, pair.case)
             checks = "; ".join(on.problems + off.problems) or "ok"
             lines.append(
                 f"| {title} | {pair.slice_seconds:g} | {pair.round} | {on.result.rps:,.0f} | "
@@ -2394,18 +2398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             audit = attempt(
                 "audit",
                 lambda: [
-                    *(
-                        pair
-                        for key in ("post", "mix")
-                        for pair in audit_interleaved(suite, by_key[key], target_connections(plan))
-                    ),
-                    *(
-                        audit_interleaved(
-                            suite, by_key["mix"], target_connections(plan), sustained=True
-                        )
-                        if plan.audit_sustained_seconds
-                        else []
-                    ),
+                    pair
+                    for key, sustained in (("post", False), ("mix", False), ("mix", True))
+                    if not sustained or plan.audit_sustained_seconds
+                    for pair in audit_interleaved(
+                        suite, by_key[key], target_connections(plan), sustained
+                    )
                 ],
                 [],
             )

@@ -245,7 +245,8 @@ class AuditConfig:
     # Records held in memory, per worker, before tryLater (or the spool) takes over: about
     # 120 bytes each; 200 000 cover several seconds of a slow commit at full load.
     max_pending: int = 200_000
-    # How often each worker writes its records (one segment row per flush).
+    # How often each worker seals its records into a segment (one row each); a backlog is
+    # then stored COPY after COPY, not one per flush.
     flush_interval: dt.timedelta = dt.timedelta(milliseconds=200)
     # tryLater policy, backlog full: how long a request waits for the writer to make room
     # before it gets tryLater (0: at once). Waiting slows clients to the rate storage takes;

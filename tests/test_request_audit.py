@@ -511,3 +511,57 @@ async def test_a_backlog_goes_in_copy_after_copy_without_waiting_for_the_next_fl
         assert stored == 1000 + 1  # and the stream-open record stored by open()
     finally:
         await pool.close()
+
+
+async def test_once_a_large_backlog_is_stored_its_heap_pages_go_back(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backlog's memory is returned to the system once it has been stored (ocspd.heap), so
+    a worker's RSS follows its backlog down; a small backlog, or one still waiting, is not
+    worth the call."""
+    import logging
+
+    from ocspd import heap
+    from ocspd.audit import log as audit_log
+    from ocspd.config import AuditConfig
+
+    if not heap.AVAILABLE:
+        pytest.fail("malloc_trim not found: ocspd's workers run on glibc")
+    trims: list[int] = []
+    monkeypatch.setattr(heap, "release_free_memory", lambda: trims.append(1) or True)
+    monkeypatch.setattr(audit_log, "TRIM_AFTER_BYTES", 20_000)
+    monkeypatch.setattr(audit_log, "COPY_BYTES", 5_000)
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    try:
+        audit = audit_log.RequestAudit(
+            "ocsp/test/1.0/2",
+            Key(),  # type: ignore[arg-type]  # mac and key_id are all it uses
+            pool,
+            AuditConfig(),
+            logging.getLogger("test"),
+        )
+        await audit.open({})
+        answer = answer_fields(bytes(32), b"\x01" * 20, (b"\x30\x03cid",), ("good",))
+
+        async def backlog(records: int) -> None:
+            for _ in range(records // 50):
+                for _ in range(50):
+                    audit.record(False, b"\x00\x00" * 2, b"\x00\x00" * 2, answer)
+                await audit._seal_all()
+
+        await backlog(100)  # about 5 kB: below the mark
+        await audit._store_unsent()
+        assert audit.pending == 0 and trims == []
+        await backlog(1000)  # about 53 kB
+        await audit._store_unsent()
+        assert audit.pending == 0 and trims == [1] and audit.heap_trims == 1
+        # At most once per TRIM_INTERVAL, however many backlogs come and go.
+        await backlog(1000)
+        await audit._store_unsent()
+        assert trims == [1]
+        monkeypatch.setattr(audit_log, "TRIM_INTERVAL", 0.0)
+        await backlog(1000)
+        await audit._store_unsent()
+        assert trims == [1, 1]
+    finally:
+        await pool.close()

@@ -33,6 +33,7 @@ from typing import Any
 
 import asyncpg
 
+from ocspd import heap
 from ocspd.audit.mac import AuditKey
 from ocspd.audit.requests import (
     Sealer,
@@ -53,6 +54,11 @@ DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceErro
 # mostly waiting (for the CPU, the WAL flush, the relation extension lock: seconds at
 # times), not its size, so the records a COPY carries are what sets the audit's pace.
 COPY_BYTES = 8_000_000
+# Once a backlog of at least this many octets has mostly been stored, the heap pages it
+# used go back to the system (ocspd.heap), at most once per TRIM_INTERVAL seconds: RSS
+# then follows the backlog down instead of staying at its largest.
+TRIM_AFTER_BYTES = 1_000_000
+TRIM_INTERVAL = 5.0
 
 
 def new_stream_name(worker: int) -> str:
@@ -91,6 +97,10 @@ class RequestAudit:
         self._on_error = on_error
         self._unsent: collections.deque[Segment] = collections.deque()
         self._unsent_records = 0
+        self._unsent_bytes = 0
+        self._high_bytes = 0  # the most _unsent_bytes since the heap was last trimmed
+        self._trimmed_at = 0.0
+        self.heap_trims = 0
         self.spooled_records = 0
         # tryLater policy: true while the backlog in memory is full (see _check_backlog).
         self.refusing = False
@@ -200,6 +210,8 @@ class RequestAudit:
             sealed = make_segment(self.stream, self._sealer.key_id, *taken)
             self._unsent.append(sealed)
             self._unsent_records += _count(sealed)
+            self._unsent_bytes += len(sealed.records)
+        self._high_bytes = max(self._high_bytes, self._unsent_bytes)
         self._check_backlog()
 
     async def _store_unsent(self) -> None:
@@ -222,13 +234,28 @@ class RequestAudit:
             for _ in batch:
                 self._unsent.popleft()
             self._unsent_records -= sum(_count(s) for s in batch)
+            self._unsent_bytes -= size
             self._check_backlog()
+            self._trim_heap()
         # Spooled segments (this worker's, or left by one that stopped) go in once storage
         # answers; while it fails, one try a second is enough.
         now = time.monotonic()
         if not self._unsent and now >= self._next_ship and self._spool.is_dir():
             self._next_ship = now + (1.0 if self._failing_since is not None else 0.0)
             await self._ship_spool()
+
+    def _trim_heap(self) -> None:
+        # After a large backlog has mostly gone: its pages would otherwise stay in RSS.
+        now = time.monotonic()
+        if (
+            self._high_bytes >= TRIM_AFTER_BYTES
+            and self._unsent_bytes <= self._high_bytes // 4
+            and now - self._trimmed_at >= TRIM_INTERVAL
+        ):
+            heap.release_free_memory()
+            self._trimmed_at = now
+            self._high_bytes = self._unsent_bytes
+            self.heap_trims += 1
 
     async def _store(self, segments: list[Segment]) -> bool:
         try:
@@ -274,6 +301,7 @@ class RequestAudit:
         self.spooled_records += self._unsent_records
         self._unsent.clear()
         self._unsent_records = 0
+        self._unsent_bytes = 0
         return True
 
     async def _ship_spool(self) -> None:
@@ -309,6 +337,7 @@ class RequestAudit:
                 if self._first is not None:
                     self._unsent.appendleft(self._first)
                     self._unsent_records += _count(self._first)
+                    self._unsent_bytes += len(self._first.records)
                     self._first = None
                 await self._seal_all()
                 if self._unsent and not self._spool_unsent():

@@ -37,8 +37,8 @@ test: lint unit
 # The performance story (bench/suite.py): every scenario against every peer, database sizes,
 # revocation propagation, CRL signing and memory, into bench/RESULTS.md and bench/suite-*.png.
 # About 40 minutes; `make bench QUICK=1` runs a short subset (about 2 minutes). Installs the
-# bench extra (matplotlib, django-ca, gunicorn, py-spy); the script installs wrk and nginx
-# with apt-get when they are missing.
+# bench extra (matplotlib, django-ca, gunicorn, py-spy); the script installs wrk, nginx and
+# softhsm2 with apt-get when they are missing.
 bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/suite.py $(if $(filter 1 yes true,$(QUICK)),--quick)
 

@@ -43,8 +43,8 @@ Results go to bench/RESULTS.md between this script's own generated markers, with
 (bench/suite-*.png, matplotlib from the `bench` extra). Quick mode writes a section of its own
 and bench/suite-quick-*.png, leaving the full run's.
 
-Needs: wrk, openssl, nginx (apt-get install, done here when missing and running as root),
-softhsm2 (optional), PostgreSQL (OCSPD_TEST_DATABASE_URL or
+Needs: wrk, openssl, nginx and softhsm2 (apt-get install, done here when missing and
+running as root; without softhsm2 its scenario is left out and the results say so), PostgreSQL (OCSPD_TEST_DATABASE_URL or
 postgresql://postgres@127.0.0.1:5432/postgres, a superuser: the bulk load turns row triggers
 off for its session), and the `bench` extra (matplotlib, django-ca, gunicorn, py-spy).
 """
@@ -2260,7 +2260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts = set(filter(None, args.only.split(","))) or {
         "scenarios", "audit", "soak", "propagation", "db", "crl", "profile",
     }  # fmt: skip
-    missing = ensure_debian_tools({"wrk": "wrk", "openssl": "openssl", "nginx": "nginx"})
+    # softhsm2 for the P-256-in-SoftHSM2 scenario; the run goes on without it, and says so.
+    missing = ensure_debian_tools(
+        {"wrk": "wrk", "openssl": "openssl", "nginx": "nginx", "softhsm2-util": "softhsm2"}
+    )
     for tool in ("wrk", "openssl"):
         if tool in missing:
             print(f"{tool} is not installed (apt-get install {tool})", file=sys.stderr)

@@ -243,7 +243,8 @@ class AuditConfig:
     on_failure: AuditFailure = AuditFailure.TRY_LATER
     spool_dir: str = "/var/lib/ocspd/audit-spool"
     # Records held in memory, per worker, before tryLater (or the spool) takes over: about
-    # 120 bytes each; 200 000 cover several seconds of a slow commit at full load.
+    # 53 bytes each once sealed; 200 000 cover several seconds of a slow commit at full
+    # load. Once a large backlog is stored, its memory goes back to the system.
     max_pending: int = 200_000
     # How often each worker seals its records into a segment (one row each); a backlog is
     # then stored COPY after COPY, not one per flush.

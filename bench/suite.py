@@ -2321,10 +2321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench_id = int(
                 asyncio.run(_sql(db_url, "SELECT id FROM issuers WHERE name = 'bench'"))[0]
             )
-            asyncio.run(copy_rows(db_url, bench_id, 0, plan.revocations, _TARGET_PREFIX))
-            # copy_rows revokes row 99 of each hundred: propagation needs good ones.
-            targets = [
-                bulk_serial(i, _TARGET_PREFIX) for i in range(plan.revocations) if i % 100 != 99
+            # copy_rows revokes row 99 of each hundred and propagation needs good ones: enough
+            # rows for plan.revocations of them.
+            rows = plan.revocations + plan.revocations // 99 + 1
+            asyncio.run(copy_rows(db_url, bench_id, 0, rows, _TARGET_PREFIX))
+            targets = [bulk_serial(i, _TARGET_PREFIX) for i in range(rows) if i % 100 != 99][
+                : plan.revocations
             ]
             extra_env = hsm.env if hsm else {}
             cases = make_cases(cas, work, plan)

@@ -6,22 +6,20 @@ once it commits. glibc serves such blocks from the heap once the first has been 
 mmap threshold rises to their size), and the pages they leave free between longer-lived
 objects stay counted in the worker's RSS. RSS then follows the largest backlog the worker
 ever had, not the one it has: to an operator watching memory, a leak. malloc_trim(0)
-returns every whole free page of the heap; it takes about a millisecond on a worker's heap.
+returns every whole free page of the heap; on a worker's heap under load it took 0.2 ms
+(median, 0.9 ms at most: bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        trim = ctypes.CDLL(name).malloc_trim  # glibc; absent from musl and others
+        # The process's own symbols, the C library's among them (no ldconfig lookup).
+        trim = ctypes.CDLL(None).malloc_trim  # glibc; absent from musl and others
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]

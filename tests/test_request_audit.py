@@ -465,15 +465,31 @@ def test_sealer_cuts_segments_that_chain_across() -> None:
     assert verifier.problem is None and verifier.count == 7
 
 
+async def _open_audit(pool: asyncpg.Pool, stream: str) -> Any:
+    """A worker's RequestAudit on `pool` with the default [audit] settings, its stream open."""
+    import logging
+
+    from ocspd.audit import log as audit_log
+    from ocspd.config import AuditConfig
+
+    audit = audit_log.RequestAudit(
+        stream,
+        Key(),  # type: ignore[arg-type]  # mac and key_id are all it uses
+        pool,
+        AuditConfig(),
+        logging.getLogger("test"),
+    )
+    await audit.open({})
+    return audit
+
+
 async def test_a_backlog_goes_in_copy_after_copy_without_waiting_for_the_next_flush(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A backlog larger than one COPY is stored by one store pass, COPY after COPY, not one
     COPY per flush_interval (which let a busy responder's backlog grow)."""
-    import logging
 
     from ocspd.audit import log as audit_log
-    from ocspd.config import AuditConfig
     from ocspd.store import request_audit
 
     monkeypatch.setattr(audit_log, "COPY_BYTES", 2_000)  # a few segments per COPY
@@ -487,14 +503,7 @@ async def test_a_backlog_goes_in_copy_after_copy_without_waiting_for_the_next_fl
     monkeypatch.setattr(request_audit, "insert_many", counting)
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
-        audit = audit_log.RequestAudit(
-            "ocsp/test/1.0/1",
-            Key(),  # type: ignore[arg-type]  # mac and key_id are all it uses
-            pool,
-            AuditConfig(),
-            logging.getLogger("test"),
-        )
-        await audit.open({})
+        audit = await _open_audit(pool, "ocsp/test/1.0/1")
         answer = answer_fields(bytes(32), b"\x01" * 20, (b"\x30\x03cid",), ("good",))
         for n in range(40):  # 40 flushes' worth, each its own segment
             for _ in range(25):
@@ -519,11 +528,9 @@ async def test_once_a_large_backlog_is_stored_its_heap_pages_go_back(
     """A backlog's memory is returned to the system once it has been stored (ocspd.heap), so
     a worker's RSS follows its backlog down; a small backlog, or one still waiting, is not
     worth the call."""
-    import logging
 
     from ocspd import heap
     from ocspd.audit import log as audit_log
-    from ocspd.config import AuditConfig
 
     if not heap.AVAILABLE:
         pytest.fail("malloc_trim not found: ocspd's workers run on glibc")
@@ -533,14 +540,7 @@ async def test_once_a_large_backlog_is_stored_its_heap_pages_go_back(
     monkeypatch.setattr(audit_log, "COPY_BYTES", 5_000)
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
-        audit = audit_log.RequestAudit(
-            "ocsp/test/1.0/2",
-            Key(),  # type: ignore[arg-type]  # mac and key_id are all it uses
-            pool,
-            AuditConfig(),
-            logging.getLogger("test"),
-        )
-        await audit.open({})
+        audit = await _open_audit(pool, "ocsp/test/1.0/2")
         answer = answer_fields(bytes(32), b"\x01" * 20, (b"\x30\x03cid",), ("good",))
 
         async def backlog(records: int) -> None:
